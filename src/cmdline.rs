@@ -1,0 +1,1 @@
+//! /proc/cmdline -> typed Config.

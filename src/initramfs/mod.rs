@@ -1,0 +1,1 @@
+//! The initramfs builder's core: module dependency resolution and the cpio writer.

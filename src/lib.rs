@@ -1,0 +1,13 @@
+//! overlay-init: a static PID 1 that boots Linux on a read-only image with a
+//! writable overlay, and resets that overlay to factory state on request.
+//!
+//! Pure core, thin shell: everything outside `sys` is plain data and logic that
+//! unit tests can reach; only `sys` talks to the kernel.
+
+pub mod cmdline;
+pub mod devspec;
+pub mod fstype;
+pub mod initramfs;
+pub mod modindex;
+pub mod probe;
+pub mod sys;

@@ -1,0 +1,1 @@
+//! Superblock and partition-table readers: pure functions over bytes.

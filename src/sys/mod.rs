@@ -1,0 +1,2 @@
+//! The only place that talks to the kernel. Every `unsafe` block lives here,
+//! each with a SAFETY note.
