@@ -1,1 +1,873 @@
-//! /proc/cmdline -> typed Config.
+//! `/proc/cmdline` -> typed [`Config`].
+//!
+//! Pure: the kernel command line is split the way the kernel itself splits it
+//! (`lib/cmdline.c: next_arg`), then every parameter we know is checked. A bad
+//! value never stops parsing: it becomes a [`Problem`] that names the parameter
+//! and says what is accepted, and the documented default is used instead. Only
+//! problems where no safe default exists are `fatal`.
+
+use crate::devspec::DeviceSpec;
+use crate::fstype::FsType;
+
+/// Default real init inside the new root.
+pub const DEFAULT_INIT: &str = "/sbin/init";
+/// Default number of boots without `mark-good` before a failsafe boot.
+pub const DEFAULT_MAXTRIES: u32 = 3;
+
+/// How long to wait for the devices named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RootWait {
+    /// No `rootwait`: wait up to `ovl.timeout` (or the built-in default).
+    #[default]
+    Default,
+    /// `rootwait`: wait without limit.
+    Forever,
+    /// `rootwait=SECS`.
+    Secs(u32),
+}
+
+/// Where the overlay's changes live.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum UpperSpec {
+    #[default]
+    Tmpfs,
+    Device(DeviceSpec),
+}
+
+/// One `ovl.lower=` entry: a block device, or an image file on the `root=` filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LowerSpec {
+    Device(DeviceSpec),
+    File(String),
+}
+
+/// The size of a tmpfs upper, as the `size=` tmpfs option takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TmpfsSize {
+    Bytes(u64),
+    Percent(u8),
+}
+
+impl TmpfsSize {
+    /// The value for tmpfs's `size=` mount option.
+    pub fn mount_option(self) -> String {
+        match self {
+            TmpfsSize::Bytes(b) => format!("size={b}"),
+            TmpfsSize::Percent(p) => format!("size={p}%"),
+        }
+    }
+}
+
+/// What happens when the boot cannot go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFail {
+    Shell,
+    Reboot,
+    Halt,
+}
+
+/// Everything the command line says about the boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub root: Option<DeviceSpec>,
+    /// `None`: detect from the superblock.
+    pub rootfstype: Option<FsType>,
+    pub rootflags: Option<String>,
+    pub rootwait: RootWait,
+    pub rootdelay: Option<u32>,
+    /// The real init (initramfs mode: `init=`; router mode: `ovl.init=`).
+    pub init: String,
+    /// `ovl.init=` as given (router mode, where the kernel's `init=` names overlay-init).
+    pub ovl_init: Option<String>,
+    /// `init=` as given.
+    pub kernel_init: Option<String>,
+    pub upper: UpperSpec,
+    pub upperfstype: Option<FsType>,
+    pub size: Option<TmpfsSize>,
+    pub image: Option<String>,
+    pub lowers: Vec<LowerSpec>,
+    pub reset: bool,
+    pub failsafe: bool,
+    pub failsafe_wait: u32,
+    pub maxtries: u32,
+    pub timeout: Option<u32>,
+    /// `None`: the default (a shell if the initramfs has one, else reboot).
+    pub onfail: Option<OnFail>,
+    pub debug: bool,
+    /// Arguments after `--`, for the real init.
+    pub init_args: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: None,
+            rootfstype: None,
+            rootflags: None,
+            rootwait: RootWait::Default,
+            rootdelay: None,
+            init: DEFAULT_INIT.to_string(),
+            ovl_init: None,
+            kernel_init: None,
+            upper: UpperSpec::Tmpfs,
+            upperfstype: None,
+            size: None,
+            image: None,
+            lowers: Vec::new(),
+            reset: false,
+            failsafe: false,
+            failsafe_wait: 0,
+            maxtries: DEFAULT_MAXTRIES,
+            timeout: None,
+            onfail: None,
+            debug: false,
+            init_args: Vec::new(),
+        }
+    }
+}
+
+/// A parameter that could not be used as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The parameter name as written (`ovl.size`).
+    pub param: String,
+    /// What was wrong and what is accepted.
+    pub message: String,
+    /// No safe default: boot must take the failure path.
+    pub fatal: bool,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.param, self.message)
+    }
+}
+
+/// The result of parsing: a config (defaults where values were bad) and the problems.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub config: Config,
+    pub problems: Vec<Problem>,
+}
+
+impl Parsed {
+    pub fn has_fatal(&self) -> bool {
+        self.problems.iter().any(|p| p.fatal)
+    }
+}
+
+/// One command-line word: `name` or `name=value`, quotes removed as the kernel does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Param<'a> {
+    pub name: &'a str,
+    pub value: Option<&'a str>,
+}
+
+/// Split a command line like the kernel's `next_arg`: words are separated by
+/// whitespace outside double quotes; one pair of quotes around the whole word
+/// or around the value after `=` is removed. Returns the words before `--`
+/// and the words after it.
+pub fn split(cmdline: &str) -> (Vec<Param<'_>>, Vec<Param<'_>>) {
+    let mut before = Vec::new();
+    let mut after = Vec::new();
+    let mut seen_dashes = false;
+    let mut rest = cmdline;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_ascii_whitespace());
+        if rest.is_empty() {
+            break;
+        }
+        let (param, tail) = next_arg(rest);
+        rest = tail;
+        if !seen_dashes && param.name == "--" && param.value.is_none() {
+            seen_dashes = true;
+            continue;
+        }
+        if seen_dashes {
+            after.push(param);
+        } else {
+            before.push(param);
+        }
+    }
+    (before, after)
+}
+
+/// One word from the front of `args` (which starts with a non-space).
+fn next_arg(args: &str) -> (Param<'_>, &str) {
+    let bytes = args.as_bytes();
+    let mut in_quote = false;
+    let mut equals = None;
+    let mut end = bytes.len();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b.is_ascii_whitespace() && !in_quote {
+            end = i;
+            break;
+        }
+        if equals.is_none() && b == b'=' {
+            equals = Some(i);
+        }
+        if b == b'"' {
+            in_quote = !in_quote;
+        }
+    }
+    let word = &args[..end];
+    let rest = &args[end..];
+    let param = match equals {
+        Some(eq) => {
+            let name = word[..eq].trim_start_matches('"');
+            let mut value = &word[eq + 1..];
+            if let Some(v) = value.strip_prefix('"') {
+                value = v.strip_suffix('"').unwrap_or(v);
+            }
+            Param {
+                name,
+                value: Some(value),
+            }
+        }
+        None => {
+            let name = match word.strip_prefix('"') {
+                Some(w) => w.strip_suffix('"').unwrap_or(w),
+                None => word,
+            };
+            Param { name, value: None }
+        }
+    };
+    (param, rest)
+}
+
+/// Accepted `ovl.*` names (after `-` -> `_` normalisation), for error messages.
+pub const OVL_PARAMS: &[&str] = &[
+    "upper",
+    "upperfstype",
+    "size",
+    "image",
+    "lower",
+    "reset",
+    "failsafe",
+    "failsafe_wait",
+    "maxtries",
+    "timeout",
+    "onfail",
+    "debug",
+    "init",
+];
+
+/// Parse a whole kernel command line.
+pub fn parse(cmdline: &str) -> Parsed {
+    let (before, after) = split(cmdline);
+    let mut config = Config::default();
+    let mut problems = Vec::new();
+    for param in &before {
+        apply(&mut config, &mut problems, param);
+    }
+    config.init_args = after.iter().map(param_to_arg).collect();
+    check_conflicts(&mut config, &mut problems);
+    Parsed { config, problems }
+}
+
+/// How the kernel hands an argument after `--` to init: `name` or `name=value`.
+fn param_to_arg(p: &Param<'_>) -> String {
+    match p.value {
+        Some(v) => format!("{}={}", p.name, v),
+        None => p.name.to_string(),
+    }
+}
+
+fn problem(problems: &mut Vec<Problem>, param: &str, fatal: bool, message: String) {
+    problems.push(Problem {
+        param: param.to_string(),
+        message,
+        fatal,
+    });
+}
+
+fn apply(config: &mut Config, problems: &mut Vec<Problem>, param: &Param<'_>) {
+    let raw = param.name;
+    let value = param.value;
+    match raw {
+        "root" => match value.filter(|v| !v.is_empty()) {
+            None => problem(problems, raw, true, "needs a device".into()),
+            Some(v) => match DeviceSpec::parse(v) {
+                Ok(spec) => config.root = Some(spec),
+                Err(e) => problem(problems, raw, true, e),
+            },
+        },
+        "rootfstype" => config.rootfstype = parse_fstype(problems, raw, value),
+        "rootflags" => config.rootflags = value.filter(|v| !v.is_empty()).map(str::to_string),
+        "rootwait" => match value.map(parse_secs) {
+            None => config.rootwait = RootWait::Forever,
+            Some(Ok(s)) => config.rootwait = RootWait::Secs(s),
+            Some(Err(e)) => {
+                // A garbled value still asks to wait: waiting is the safe reading.
+                config.rootwait = RootWait::Forever;
+                problem(problems, raw, false, format!("{e}; waiting without limit"));
+            }
+        },
+        "rootdelay" => match value.map(parse_secs) {
+            Some(Ok(s)) => config.rootdelay = Some(s),
+            Some(Err(e)) => problem(problems, raw, false, format!("{e}; ignored")),
+            None => problem(problems, raw, false, "needs seconds; ignored".into()),
+        },
+        "init" => match value {
+            Some(v) if v.starts_with('/') => config.kernel_init = Some(v.to_string()),
+            _ => problem(
+                problems,
+                raw,
+                true,
+                "needs an absolute path such as /sbin/init".into(),
+            ),
+        },
+        _ => {
+            if let Some(name) = raw.strip_prefix("ovl.") {
+                apply_ovl(config, problems, raw, &name.replace('-', "_"), value);
+            }
+            // Anything else belongs to the kernel or to the real init.
+        }
+    }
+}
+
+fn apply_ovl(
+    config: &mut Config,
+    problems: &mut Vec<Problem>,
+    raw: &str,
+    name: &str,
+    value: Option<&str>,
+) {
+    match name {
+        "upper" => match value {
+            Some("tmpfs") => config.upper = UpperSpec::Tmpfs,
+            Some(v) => match DeviceSpec::parse(v) {
+                Ok(spec) => config.upper = UpperSpec::Device(spec),
+                Err(e) => problem(
+                    problems,
+                    raw,
+                    false,
+                    format!("{e} (or tmpfs); using a tmpfs upper, nothing persists"),
+                ),
+            },
+            None => problem(
+                problems,
+                raw,
+                false,
+                "needs tmpfs or a device; using a tmpfs upper".into(),
+            ),
+        },
+        "upperfstype" => {
+            config.upperfstype = parse_fstype(problems, raw, value);
+            if let Some(t) = config.upperfstype {
+                if !t.can_be_upper() {
+                    problem(
+                        problems,
+                        raw,
+                        false,
+                        format!("{t} cannot hold an upper (read-only); accepted: ext4, auto"),
+                    );
+                    config.upperfstype = None;
+                }
+            }
+        }
+        "size" => match value.map(parse_size) {
+            Some(Ok(s)) => config.size = Some(s),
+            Some(Err(e)) => problem(
+                problems,
+                raw,
+                false,
+                format!("{e}; using the tmpfs default (half of RAM)"),
+            ),
+            None => problem(
+                problems,
+                raw,
+                false,
+                "needs a size such as 64M or 50%".into(),
+            ),
+        },
+        "image" => match value {
+            Some(v) if v.starts_with('/') && !v.ends_with('/') => {
+                config.image = Some(v.to_string())
+            }
+            _ => problem(
+                problems,
+                raw,
+                true,
+                "needs the absolute path of an image file on the root= filesystem".into(),
+            ),
+        },
+        "lower" => match value.filter(|v| !v.is_empty()) {
+            None => problem(
+                problems,
+                raw,
+                true,
+                "needs SPEC[,SPEC]: devices or image-file paths".into(),
+            ),
+            Some(v) => {
+                for entry in v.split(',') {
+                    match parse_lower(entry) {
+                        Ok(l) => config.lowers.push(l),
+                        Err(e) => problem(problems, raw, true, e),
+                    }
+                }
+            }
+        },
+        "reset" => set_flag(problems, raw, value, &mut config.reset),
+        "failsafe" => set_flag(problems, raw, value, &mut config.failsafe),
+        "debug" => set_flag(problems, raw, value, &mut config.debug),
+        "failsafe_wait" => match value.map(parse_secs) {
+            Some(Ok(s)) => config.failsafe_wait = s,
+            Some(Err(e)) => problem(problems, raw, false, format!("{e}; no failsafe window")),
+            None => problem(
+                problems,
+                raw,
+                false,
+                "needs seconds; no failsafe window".into(),
+            ),
+        },
+        "maxtries" => match value.map(parse_secs) {
+            Some(Ok(n)) => config.maxtries = n,
+            Some(Err(e)) => problem(
+                problems,
+                raw,
+                false,
+                format!("{e} (0 = off); using {DEFAULT_MAXTRIES}"),
+            ),
+            None => problem(problems, raw, false, "needs a number (0 = off)".into()),
+        },
+        "timeout" => match value.map(parse_secs) {
+            Some(Ok(s)) => config.timeout = Some(s),
+            Some(Err(e)) => problem(problems, raw, false, format!("{e}; using the default")),
+            None => problem(
+                problems,
+                raw,
+                false,
+                "needs seconds; using the default".into(),
+            ),
+        },
+        "onfail" => match value {
+            Some("shell") => config.onfail = Some(OnFail::Shell),
+            Some("reboot") => config.onfail = Some(OnFail::Reboot),
+            Some("halt") => config.onfail = Some(OnFail::Halt),
+            _ => problem(
+                problems,
+                raw,
+                false,
+                "accepted: shell, reboot, halt; using the default (shell if present, else reboot)"
+                    .into(),
+            ),
+        },
+        "init" => match value {
+            Some(v) if v.starts_with('/') => config.ovl_init = Some(v.to_string()),
+            _ => problem(
+                problems,
+                raw,
+                true,
+                "needs an absolute path such as /sbin/init".into(),
+            ),
+        },
+        _ => problem(
+            problems,
+            raw,
+            false,
+            format!(
+                "unknown parameter; ignored. Accepted: ovl.{}",
+                OVL_PARAMS.join(", ovl.")
+            ),
+        ),
+    }
+}
+
+fn parse_lower(entry: &str) -> Result<LowerSpec, String> {
+    if entry.starts_with('/') && !entry.starts_with("/dev/") {
+        if entry.ends_with('/') {
+            return Err(format!("{entry:?}: an image file path cannot end in /"));
+        }
+        return Ok(LowerSpec::File(entry.to_string()));
+    }
+    DeviceSpec::parse(entry)
+        .map(LowerSpec::Device)
+        .map_err(|e| format!("{e}, or an image file path"))
+}
+
+fn set_flag(problems: &mut Vec<Problem>, raw: &str, value: Option<&str>, flag: &mut bool) {
+    match value {
+        None | Some("1") | Some("y") | Some("yes") | Some("true") | Some("on") => *flag = true,
+        Some("0") | Some("n") | Some("no") | Some("false") | Some("off") => *flag = false,
+        Some(v) => problem(
+            problems,
+            raw,
+            false,
+            format!("{v:?} is not a flag value; accepted: no value, 1/0, yes/no, true/false, on/off; ignored"),
+        ),
+    }
+}
+
+fn parse_fstype(problems: &mut Vec<Problem>, raw: &str, value: Option<&str>) -> Option<FsType> {
+    match value {
+        None | Some("") | Some("auto") => None,
+        Some(v) => match FsType::parse(v) {
+            Some(t) => Some(t),
+            None => {
+                problem(
+                    problems,
+                    raw,
+                    false,
+                    format!("{v:?} is not supported; accepted: squashfs, erofs, ext4, auto; detecting from the superblock"),
+                );
+                None
+            }
+        },
+    }
+}
+
+/// Whole seconds, `0..=86400*365`.
+pub fn parse_secs(v: &str) -> Result<u32, String> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{v:?} is not a whole number of seconds"));
+    }
+    v.parse::<u32>()
+        .map_err(|_| format!("{v:?} is too large"))
+        .and_then(|n| {
+            if n > 86400 * 365 {
+                Err(format!("{v:?} is too large"))
+            } else {
+                Ok(n)
+            }
+        })
+}
+
+/// `64M`, `1G`, `512k`, `1048576` (bytes) or `50%` (of RAM, 1..=100).
+pub fn parse_size(v: &str) -> Result<TmpfsSize, String> {
+    let accepted = "accepted: bytes, or a number with k, M or G, or 1%..100%";
+    if let Some(p) = v.strip_suffix('%') {
+        return match p.parse::<u8>() {
+            Ok(n) if (1..=100).contains(&n) && p.bytes().all(|b| b.is_ascii_digit()) => {
+                Ok(TmpfsSize::Percent(n))
+            }
+            _ => Err(format!("{v:?} is not a percentage; {accepted}")),
+        };
+    }
+    let (digits, shift) = match v.as_bytes().last() {
+        Some(b'k' | b'K') => (&v[..v.len() - 1], 10),
+        Some(b'm' | b'M') => (&v[..v.len() - 1], 20),
+        Some(b'g' | b'G') => (&v[..v.len() - 1], 30),
+        _ => (v, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{v:?} is not a size; {accepted}"));
+    }
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{v:?} is too large; {accepted}"))?;
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{v:?} is too large; {accepted}"))?;
+    if bytes < 1 << 20 {
+        return Err(format!(
+            "{v:?} is below 1M, too small for an upper; {accepted}"
+        ));
+    }
+    Ok(TmpfsSize::Bytes(bytes))
+}
+
+/// Settings that each parse fine but do not go together.
+fn check_conflicts(config: &mut Config, problems: &mut Vec<Problem>) {
+    if config.failsafe && config.reset {
+        problem(
+            problems,
+            "ovl.reset",
+            false,
+            "ignored with ovl.failsafe: a failsafe boot never resets anything".into(),
+        );
+        config.reset = false;
+    }
+    if config.size.is_some() && matches!(config.upper, UpperSpec::Device(_)) {
+        problem(
+            problems,
+            "ovl.size",
+            false,
+            "only applies to a tmpfs upper; ignored with a device upper".into(),
+        );
+    }
+    if config.upperfstype.is_some() && config.upper == UpperSpec::Tmpfs {
+        problem(
+            problems,
+            "ovl.upperfstype",
+            false,
+            "only applies to a device upper; ignored with ovl.upper=tmpfs".into(),
+        );
+        config.upperfstype = None;
+    }
+    if config.image.is_some() && config.root.is_none() {
+        problem(
+            problems,
+            "ovl.image",
+            true,
+            "needs root= to name the filesystem that holds the image".into(),
+        );
+    }
+    if let Some(init) = &config.kernel_init {
+        config.init = init.clone();
+    }
+    if let Some(init) = &config.ovl_init {
+        config.init = init.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(cmdline: &str) -> Config {
+        let parsed = parse(cmdline);
+        assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
+        parsed.config
+    }
+
+    fn problems(cmdline: &str) -> Vec<Problem> {
+        parse(cmdline).problems
+    }
+
+    #[test]
+    fn splits_like_the_kernel() {
+        let (before, after) = split(r#"  a b=c  init="/sbin/init --foo" "x y" -- p q=r "s t""#);
+        let words: Vec<_> = before.iter().map(|p| (p.name, p.value)).collect();
+        assert_eq!(
+            words,
+            vec![
+                ("a", None),
+                ("b", Some("c")),
+                ("init", Some("/sbin/init --foo")),
+                ("x y", None),
+            ]
+        );
+        let args: Vec<_> = after.iter().map(param_to_arg).collect();
+        assert_eq!(args, vec!["p", "q=r", "s t"]);
+    }
+
+    #[test]
+    fn quoted_value_with_equals_inside() {
+        let (before, _) = split(r#"ovl.lower="LABEL=a b""#);
+        assert_eq!(before[0].name, "ovl.lower");
+        assert_eq!(before[0].value, Some("LABEL=a b"));
+    }
+
+    #[test]
+    fn unterminated_quote_runs_to_the_end() {
+        let (before, _) = split(r#"a="b c"#);
+        assert_eq!(before.len(), 1);
+        assert_eq!(before[0].value, Some("b c"));
+    }
+
+    #[test]
+    fn only_first_dashes_separate() {
+        let c = ok("root=/dev/vda -- a -- b");
+        assert_eq!(c.init_args, vec!["a", "--", "b"]);
+    }
+
+    #[test]
+    fn defaults() {
+        let c = ok("");
+        assert_eq!(c, Config::default());
+        assert_eq!(c.init, "/sbin/init");
+        assert_eq!(c.upper, UpperSpec::Tmpfs);
+        assert_eq!(c.maxtries, 3);
+    }
+
+    #[test]
+    fn every_standard_parameter() {
+        let c = ok("root=LABEL=rom rootfstype=erofs rootflags=noatime rootwait rootdelay=2 init=/bin/sh quiet console=ttyS0");
+        assert_eq!(c.root, Some(DeviceSpec::Label("rom".into())));
+        assert_eq!(c.rootfstype, Some(FsType::Erofs));
+        assert_eq!(c.rootflags.as_deref(), Some("noatime"));
+        assert_eq!(c.rootwait, RootWait::Forever);
+        assert_eq!(c.rootdelay, Some(2));
+        assert_eq!(c.init, "/bin/sh");
+        assert_eq!(ok("rootwait=7").rootwait, RootWait::Secs(7));
+        assert_eq!(ok("rootfstype=auto").rootfstype, None);
+        assert_eq!(ok("rootfstype=ext3").rootfstype, Some(FsType::Ext4));
+    }
+
+    #[test]
+    fn every_ovl_parameter() {
+        let c = ok("root=/dev/vda ovl.upper=PARTLABEL=data ovl.upperfstype=ext4 ovl.image=/img/root.sqsh \
+             ovl.lower=/dev/vdc,LABEL=extra,/images/b.erofs ovl.reset ovl.timeout=9 ovl.onfail=halt \
+             ovl.debug ovl.failsafe_wait=3 ovl.maxtries=5 ovl.init=/sbin/procd");
+        assert_eq!(
+            c.upper,
+            UpperSpec::Device(DeviceSpec::PartLabel("data".into()))
+        );
+        assert_eq!(c.upperfstype, Some(FsType::Ext4));
+        assert_eq!(c.image.as_deref(), Some("/img/root.sqsh"));
+        assert_eq!(
+            c.lowers,
+            vec![
+                LowerSpec::Device(DeviceSpec::Path("/dev/vdc".into())),
+                LowerSpec::Device(DeviceSpec::Label("extra".into())),
+                LowerSpec::File("/images/b.erofs".into()),
+            ]
+        );
+        assert!(c.reset && c.debug && !c.failsafe);
+        assert_eq!(c.timeout, Some(9));
+        assert_eq!(c.onfail, Some(OnFail::Halt));
+        assert_eq!(c.failsafe_wait, 3);
+        assert_eq!(c.maxtries, 5);
+        assert_eq!(c.init, "/sbin/procd");
+        assert_eq!(c.ovl_init.as_deref(), Some("/sbin/procd"));
+        assert!(ok("ovl.failsafe").failsafe);
+        assert_eq!(ok("ovl.size=64M").size, Some(TmpfsSize::Bytes(64 << 20)));
+        assert_eq!(ok("ovl.size=50%").size, Some(TmpfsSize::Percent(50)));
+        assert_eq!(ok("ovl.upper=tmpfs").upper, UpperSpec::Tmpfs);
+        assert_eq!(ok("ovl.onfail=shell").onfail, Some(OnFail::Shell));
+        assert_eq!(ok("ovl.onfail=reboot").onfail, Some(OnFail::Reboot));
+    }
+
+    #[test]
+    fn dashes_and_underscores_are_one() {
+        assert_eq!(ok("ovl.failsafe-wait=4").failsafe_wait, 4);
+    }
+
+    #[test]
+    fn flags_take_explicit_values() {
+        assert!(!ok("ovl.reset=0").reset);
+        assert!(ok("ovl.reset=yes").reset);
+        let p = problems("ovl.reset=maybe");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].param, "ovl.reset");
+        assert!(!p[0].fatal);
+    }
+
+    #[test]
+    fn init_args_after_dashes() {
+        let c = ok(r#"root=/dev/vda init=/sbin/test-init -- "echo hi; ls /" single"#);
+        assert_eq!(c.init, "/sbin/test-init");
+        assert_eq!(c.init_args, vec!["echo hi; ls /", "single"]);
+    }
+
+    #[test]
+    fn ovl_init_wins_over_init_in_router_mode() {
+        let c = ok("init=/sbin/overlay-init ovl.init=/sbin/procd");
+        assert_eq!(c.kernel_init.as_deref(), Some("/sbin/overlay-init"));
+        assert_eq!(c.init, "/sbin/procd");
+    }
+
+    #[test]
+    fn bad_values_name_the_parameter_and_fall_back() {
+        let parsed = parse(
+            "root=/dev/vda ovl.size=lots ovl.timeout=-1 ovl.onfail=explode ovl.bogus=1 \
+             rootfstype=xfs ovl.maxtries=x ovl.upper=sda rootdelay=soon ovl.failsafe_wait=1.5",
+        );
+        let names: Vec<_> = parsed.problems.iter().map(|p| p.param.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "ovl.size",
+                "ovl.timeout",
+                "ovl.onfail",
+                "ovl.bogus",
+                "rootfstype",
+                "ovl.maxtries",
+                "ovl.upper",
+                "rootdelay",
+                "ovl.failsafe_wait",
+            ]
+        );
+        assert!(!parsed.has_fatal(), "{:?}", parsed.problems);
+        let c = parsed.config;
+        assert_eq!(c.size, None);
+        assert_eq!(c.timeout, None);
+        assert_eq!(c.onfail, None);
+        assert_eq!(c.rootfstype, None);
+        assert_eq!(c.maxtries, DEFAULT_MAXTRIES);
+        assert_eq!(c.upper, UpperSpec::Tmpfs);
+        let bogus = &parsed.problems[3];
+        assert!(bogus.message.contains("ovl.upper"), "{}", bogus.message);
+        let onfail = &parsed.problems[2];
+        assert!(onfail.message.contains("shell, reboot, halt"));
+    }
+
+    #[test]
+    fn fatal_problems() {
+        for bad in [
+            "root=",
+            "root=sda1",
+            "root=UUID=nothex",
+            "init=sbin/init",
+            "ovl.image=relative.sqsh",
+            "ovl.lower=bogus",
+            "ovl.lower=",
+            "ovl.init=",
+            "ovl.image=/x.img",
+        ] {
+            let parsed = parse(bad);
+            assert!(parsed.has_fatal(), "{bad}: {:?}", parsed.problems);
+        }
+    }
+
+    #[test]
+    fn conflicts() {
+        let parsed = parse("ovl.failsafe ovl.reset");
+        assert!(!parsed.config.reset);
+        assert_eq!(parsed.problems[0].param, "ovl.reset");
+        let parsed = parse("ovl.upper=/dev/vdb ovl.size=64M");
+        assert_eq!(parsed.problems[0].param, "ovl.size");
+        let parsed = parse("ovl.upperfstype=ext4");
+        assert_eq!(parsed.problems[0].param, "ovl.upperfstype");
+        let parsed = parse("ovl.upper=/dev/vdb ovl.upperfstype=squashfs");
+        assert_eq!(parsed.problems[0].param, "ovl.upperfstype");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1G"), Ok(TmpfsSize::Bytes(1 << 30)));
+        assert_eq!(parse_size("2048k"), Ok(TmpfsSize::Bytes(2 << 20)));
+        assert_eq!(parse_size("1048576"), Ok(TmpfsSize::Bytes(1 << 20)));
+        assert_eq!(parse_size("100%"), Ok(TmpfsSize::Percent(100)));
+        for bad in [
+            "",
+            "M",
+            "0%",
+            "101%",
+            "-5M",
+            "5T",
+            "1.5G",
+            "12",
+            "99999999999999999G",
+            "+5%",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(TmpfsSize::Percent(50).mount_option(), "size=50%");
+    }
+
+    #[test]
+    fn secs() {
+        assert_eq!(parse_secs("0"), Ok(0));
+        for bad in ["", "-1", "1.5", "1s", "99999999999"] {
+            assert!(parse_secs(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rootwait_garbage_still_waits() {
+        let parsed = parse("rootwait=soon");
+        assert_eq!(parsed.config.rootwait, RootWait::Forever);
+        assert_eq!(parsed.problems[0].param, "rootwait");
+    }
+
+    #[test]
+    fn never_panics_on_odd_input() {
+        for s in [
+            "\"",
+            "=",
+            "==",
+            "\"=\"",
+            "a=\"",
+            "--",
+            "-- --",
+            "ovl.",
+            "ovl.=",
+            "\u{0}",
+            "ovl.lower=,,",
+        ] {
+            let _ = parse(s);
+        }
+    }
+}
