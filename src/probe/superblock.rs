@@ -1,0 +1,330 @@
+//! Filesystem identification from the first bytes of a device.
+//!
+//! Readers for the filesystems overlay-init mounts (squashfs, erofs, ext2/3/4)
+//! check the superblock well enough that a corrupt one is reported as an error
+//! rather than guessed at; a few other filesystems are only recognised by their
+//! magic so that a wrong `root=` gets a clear message.
+
+use super::bytes::{array, be16, be32, le16, le32, le64, nul_padded_label, raw_uuid, slice, u8_at};
+use super::crc::{crc32_raw, crc32c_raw};
+pub use super::ProbeError;
+use crate::fstype::FsType;
+
+/// Bytes from the start of a device that `detect` needs at most.
+/// (The btrfs magic sits at 64 KiB + 64; the swap signature of 64 KiB pages ends at 64 KiB.)
+pub const PROBE_BYTES: usize = 68 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FsKind {
+    Supported(FsType),
+    /// recognised but not mountable by us, e.g. "vfat", "btrfs", "xfs", "swap", "f2fs", "jffs2", "iso9660"
+    Other(&'static str),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsInfo {
+    pub kind: FsKind,
+    pub label: Option<String>,
+    /// lower-case, dashed as blkid prints it
+    pub uuid: Option<String>,
+}
+
+impl FsInfo {
+    pub fn fstype(&self) -> Option<FsType> {
+        match self.kind {
+            FsKind::Supported(t) => Some(t),
+            FsKind::Other(_) => None,
+        }
+    }
+
+    fn other(name: &'static str) -> Self {
+        FsInfo {
+            kind: FsKind::Other(name),
+            label: None,
+            uuid: None,
+        }
+    }
+}
+
+type Probe = fn(&[u8]) -> Result<Option<FsInfo>, ProbeError>;
+
+/// Readers in the order they are tried: the ones we mount first.
+const PROBES: &[Probe] = &[
+    squashfs, erofs, ext, vfat, xfs, btrfs, f2fs, iso9660, jffs2, swap,
+];
+
+/// Identify the filesystem from the first bytes of a device (may be shorter than
+/// PROBE_BYTES; a truncated/corrupt superblock gives Err with a reason, no magic at
+/// all gives Ok(None)).
+///
+/// A corrupt superblock does not hide a valid one of another kind found later;
+/// only when nothing valid is found is the first error returned.
+pub fn detect(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
+    let mut first_error = None;
+    for probe in PROBES {
+        match probe(buf) {
+            Ok(Some(info)) => return Ok(Some(info)),
+            Ok(None) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(None),
+    }
+}
+
+fn truncated(what: &str) -> ProbeError {
+    ProbeError::new(format!("{what} superblock truncated"))
+}
+
+// ---- squashfs -------------------------------------------------------------
+
+const SQUASHFS_MAGIC: &[u8; 4] = b"hsqs";
+const SQUASHFS_SUPERBLOCK_LEN: usize = 96;
+
+fn squashfs(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
+    if slice(buf, 0, 4) != Some(SQUASHFS_MAGIC) {
+        return Ok(None);
+    }
+    let sb = slice(buf, 0, SQUASHFS_SUPERBLOCK_LEN).ok_or_else(|| truncated("squashfs"))?;
+    let field16 = |off| le16(sb, off).unwrap_or(0);
+    let field32 = |off| le32(sb, off).unwrap_or(0);
+    let field64 = |off| le64(sb, off).unwrap_or(0);
+
+    let (major, minor) = (field16(28), field16(30));
+    if (major, minor) != (4, 0) {
+        return Err(ProbeError::new(format!(
+            "squashfs version {major}.{minor} not supported (need 4.0)"
+        )));
+    }
+    let block_size = field32(12);
+    let block_log = field16(22);
+    if !(4096..=1 << 20).contains(&block_size) || !block_size.is_power_of_two() {
+        return Err(ProbeError::new(format!(
+            "squashfs block size {block_size} invalid"
+        )));
+    }
+    if u32::from(block_log) != block_size.trailing_zeros() {
+        return Err(ProbeError::new(format!(
+            "squashfs block_log {block_log} does not match block size {block_size}"
+        )));
+    }
+    let compression = field16(20);
+    if !(1..=6).contains(&compression) {
+        return Err(ProbeError::new(format!(
+            "squashfs compression id {compression} unknown"
+        )));
+    }
+    let bytes_used = field64(40);
+    if bytes_used < SQUASHFS_SUPERBLOCK_LEN as u64 {
+        return Err(ProbeError::new(format!(
+            "squashfs bytes_used {bytes_used} smaller than its superblock"
+        )));
+    }
+    let (id_table, inode_table, directory_table) = (field64(48), field64(64), field64(72));
+    if inode_table > directory_table
+        || directory_table >= bytes_used
+        || id_table >= bytes_used
+        || inode_table < SQUASHFS_SUPERBLOCK_LEN as u64
+    {
+        return Err(ProbeError::new(
+            "squashfs table offsets lie outside the image (bytes_used)",
+        ));
+    }
+    Ok(Some(FsInfo {
+        kind: FsKind::Supported(FsType::Squashfs),
+        label: None,
+        uuid: None,
+    }))
+}
+
+// ---- erofs ----------------------------------------------------------------
+
+const EROFS_SUPER_OFFSET: usize = 1024;
+const EROFS_MAGIC: u32 = 0xE0F5_E1E2;
+const EROFS_SUPERBLOCK_LEN: usize = 128;
+const EROFS_FEATURE_COMPAT_SB_CHKSUM: u32 = 0x1;
+
+fn erofs(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
+    if le32(buf, EROFS_SUPER_OFFSET) != Some(EROFS_MAGIC) {
+        return Ok(None);
+    }
+    let sb =
+        slice(buf, EROFS_SUPER_OFFSET, EROFS_SUPERBLOCK_LEN).ok_or_else(|| truncated("erofs"))?;
+    let blkszbits = u8_at(sb, 12).unwrap_or(0);
+    if !(9..=16).contains(&blkszbits) {
+        return Err(ProbeError::new(format!(
+            "erofs block size 2^{blkszbits} invalid"
+        )));
+    }
+    let feature_compat = le32(sb, 8).unwrap_or(0);
+    if feature_compat & EROFS_FEATURE_COMPAT_SB_CHKSUM != 0 {
+        // As the kernel does: crc32c over the rest of the first block (or one
+        // block when blocks are smaller than the superblock offset), seeded with
+        // ~0, no final inversion, with the checksum field taken as zero.
+        let block_size = 1usize << blkszbits;
+        let len = if block_size > EROFS_SUPER_OFFSET {
+            block_size - EROFS_SUPER_OFFSET
+        } else {
+            block_size
+        };
+        let covered = slice(buf, EROFS_SUPER_OFFSET, len).ok_or_else(|| truncated("erofs"))?;
+        let expected = le32(covered, 4).unwrap_or(0);
+        let crc = crc32c_raw(
+            crc32c_raw(crc32c_raw(!0, &covered[..4]), &[0; 4]),
+            &covered[8..],
+        );
+        if crc != expected {
+            return Err(ProbeError::new("erofs superblock checksum mismatch"));
+        }
+    }
+    Ok(Some(FsInfo {
+        kind: FsKind::Supported(FsType::Erofs),
+        label: nul_padded_label(&sb[64..80]),
+        uuid: array(sb, 48).and_then(raw_uuid),
+    }))
+}
+
+// ---- ext2/3/4 -------------------------------------------------------------
+
+const EXT_SUPER_OFFSET: usize = 1024;
+const EXT_SUPERBLOCK_LEN: usize = 1024;
+const EXT_MAGIC: u16 = 0xEF53;
+const EXT_INCOMPAT_JOURNAL_DEV: u32 = 0x8;
+const EXT_RO_COMPAT_METADATA_CSUM: u32 = 0x400;
+const EXT_CHECKSUM_TYPE_CRC32C: u8 = 1;
+const EXT_CHECKSUM_OFFSET: usize = 0x3FC;
+
+fn ext(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
+    if le16(buf, EXT_SUPER_OFFSET + 0x38) != Some(EXT_MAGIC) {
+        return Ok(None);
+    }
+    let sb = slice(buf, EXT_SUPER_OFFSET, EXT_SUPERBLOCK_LEN).ok_or_else(|| truncated("ext4"))?;
+    let field32 = |off| le32(sb, off).unwrap_or(0);
+
+    let log_block_size = field32(0x18);
+    if log_block_size > 6 {
+        return Err(ProbeError::new(format!(
+            "ext4 block size 1024<<{log_block_size} invalid"
+        )));
+    }
+    if field32(0x20) == 0 || field32(0x28) == 0 {
+        return Err(ProbeError::new(
+            "ext4 superblock has zero blocks or inodes per group",
+        ));
+    }
+    let rev_level = field32(0x4C);
+    if rev_level > 1 {
+        return Err(ProbeError::new(format!(
+            "ext4 revision {rev_level} unknown"
+        )));
+    }
+    if field32(0x64) & EXT_RO_COMPAT_METADATA_CSUM != 0 {
+        let checksum_type = u8_at(sb, 0x175).unwrap_or(0);
+        if checksum_type != EXT_CHECKSUM_TYPE_CRC32C {
+            return Err(ProbeError::new(format!(
+                "ext4 checksum type {checksum_type} unknown"
+            )));
+        }
+        let crc = crc32c_raw(!0, &sb[..EXT_CHECKSUM_OFFSET]);
+        if crc != field32(EXT_CHECKSUM_OFFSET) {
+            return Err(ProbeError::new("ext4 superblock checksum mismatch"));
+        }
+    }
+    if field32(0x60) & EXT_INCOMPAT_JOURNAL_DEV != 0 {
+        return Ok(Some(FsInfo::other("jbd")));
+    }
+    Ok(Some(FsInfo {
+        kind: FsKind::Supported(FsType::Ext4),
+        label: nul_padded_label(&sb[0x78..0x88]),
+        uuid: array(sb, 0x68).and_then(raw_uuid),
+    }))
+}
+
+// ---- recognised only ------------------------------------------------------
+
+fn vfat(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
+    Ok(looks_like_fat_boot_sector(buf).then(|| FsInfo::other("vfat")))
+}
+
+/// A FAT boot sector: the 0x55AA signature, a sane BIOS parameter block and a
+/// "FAT" type string. Shared with the MBR reader, which must not take a FAT
+/// boot sector for a partition table.
+pub(crate) fn looks_like_fat_boot_sector(buf: &[u8]) -> bool {
+    let Some(sector) = slice(buf, 0, 512) else {
+        return false;
+    };
+    let bytes_per_sector = le16(sector, 11).unwrap_or(0);
+    let sectors_per_cluster = sector[13];
+    let reserved_sectors = le16(sector, 14).unwrap_or(0);
+    let fats = sector[16];
+    let media = sector[21];
+    sector[510..512] == [0x55, 0xAA]
+        && matches!(bytes_per_sector, 512 | 1024 | 2048 | 4096)
+        && sectors_per_cluster.is_power_of_two()
+        && reserved_sectors != 0
+        && fats != 0
+        && (media >= 0xF8 || media == 0xF0)
+        && (sector[54..57] == *b"FAT" || sector[82..87] == *b"FAT32")
+}
+
+fn xfs(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
+    if slice(buf, 0, 4) != Some(b"XFSB") {
+        return Ok(None);
+    }
+    let block_size = be32(buf, 4).ok_or_else(|| truncated("xfs"))?;
+    if !(512..=65536).contains(&block_size) || !block_size.is_power_of_two() {
+        return Err(ProbeError::new(format!(
+            "xfs block size {block_size} invalid"
+        )));
+    }
+    Ok(Some(FsInfo::other("xfs")))
+}
+
+fn btrfs(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
+    Ok((slice(buf, 0x10040, 8) == Some(b"_BHRfS_M")).then(|| FsInfo::other("btrfs")))
+}
+
+fn f2fs(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
+    Ok((le32(buf, 1024) == Some(0xF2F5_2010)).then(|| FsInfo::other("f2fs")))
+}
+
+fn iso9660(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
+    Ok((slice(buf, 32769, 5) == Some(b"CD001")).then(|| FsInfo::other("iso9660")))
+}
+
+/// JFFS2 has only a 16-bit magic, so the first node header's CRC must match too.
+fn jffs2(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
+    const MAGIC: u16 = 0x1985;
+    const NODE_TYPES: [u16; 6] = [0xE001, 0xE002, 0x2003, 0x2004, 0x6006, 0xE008];
+    for big_endian in [false, true] {
+        let read16 = if big_endian { be16 } else { le16 };
+        let read32 = if big_endian { be32 } else { le32 };
+        if read16(buf, 0) != Some(MAGIC) {
+            continue;
+        }
+        let (Some(node_type), Some(header), Some(header_crc)) =
+            (read16(buf, 2), slice(buf, 0, 8), read32(buf, 8))
+        else {
+            return Ok(None);
+        };
+        // jffs2 uses the kernel's crc32(0, ...): seed 0, no inversion.
+        if NODE_TYPES.contains(&node_type) && crc32_raw(0, header) == header_crc {
+            return Ok(Some(FsInfo::other("jffs2")));
+        }
+    }
+    Ok(None)
+}
+
+fn swap(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
+    for page_size in [4096usize, 8192, 16384, 32768, 65536] {
+        let signature = slice(buf, page_size - 10, 10);
+        if signature == Some(b"SWAPSPACE2") || signature == Some(b"SWAP-SPACE") {
+            return Ok(Some(FsInfo::other("swap")));
+        }
+    }
+    Ok(None)
+}
