@@ -1,2 +1,3 @@
 //! The only place that talks to the kernel. Every `unsafe` block lives here,
 //! each with a SAFETY note.
+pub mod loopdev;
