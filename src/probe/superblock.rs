@@ -328,3 +328,307 @@ fn swap(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SQUASHFS: &[u8] = include_bytes!("../../tests/fixtures/probe/squashfs.img");
+    const EROFS: &[u8] = include_bytes!("../../tests/fixtures/probe/erofs.img");
+    const EROFS_LABEL: &[u8] = include_bytes!("../../tests/fixtures/probe/erofs-label.img");
+    const EXT4: &[u8] = include_bytes!("../../tests/fixtures/probe/ext4.img");
+    const EXT2: &[u8] = include_bytes!("../../tests/fixtures/probe/ext2.img");
+    const SWAP: &[u8] = include_bytes!("../../tests/fixtures/probe/swap.img");
+    const ALL: &[&[u8]] = &[SQUASHFS, EROFS, EROFS_LABEL, EXT4, EXT2, SWAP];
+
+    fn info(kind: FsKind, label: Option<&str>, uuid: Option<&str>) -> FsInfo {
+        FsInfo {
+            kind,
+            label: label.map(String::from),
+            uuid: uuid.map(String::from),
+        }
+    }
+
+    fn detected(buf: &[u8]) -> FsInfo {
+        detect(buf).expect("valid").expect("recognised")
+    }
+
+    fn error(buf: &[u8]) -> String {
+        detect(buf).expect_err("must be rejected").to_string()
+    }
+
+    fn patched(buf: &[u8], offset: usize, bytes: &[u8]) -> Vec<u8> {
+        let mut out = buf.to_vec();
+        out[offset..offset + bytes.len()].copy_from_slice(bytes);
+        out
+    }
+
+    // Expected values are what `blkid -p` prints for the same images.
+    #[test]
+    fn squashfs_from_mksquashfs() {
+        let found = detected(SQUASHFS);
+        assert_eq!(found, info(FsKind::Supported(FsType::Squashfs), None, None));
+        assert_eq!(found.fstype(), Some(FsType::Squashfs));
+    }
+
+    #[test]
+    fn erofs_from_mkfs_erofs_with_uuid() {
+        assert_eq!(
+            detected(EROFS),
+            info(
+                FsKind::Supported(FsType::Erofs),
+                None,
+                Some("0f3c2a51-7d2e-4b8a-9c11-2f6e8d4a7b90")
+            )
+        );
+    }
+
+    #[test]
+    fn erofs_volume_name_is_the_label() {
+        assert_eq!(
+            detected(EROFS_LABEL),
+            info(
+                FsKind::Supported(FsType::Erofs),
+                Some("erofs-root"),
+                Some("0f3c2a51-7d2e-4b8a-9c11-2f6e8d4a7b90")
+            )
+        );
+    }
+
+    #[test]
+    fn ext4_from_mkfs_ext4_with_label_and_uuid() {
+        assert_eq!(
+            detected(EXT4),
+            info(
+                FsKind::Supported(FsType::Ext4),
+                Some("rootfs"),
+                Some("3e6b1c2d-5a4f-4e8b-9d7c-1a2b3c4d5e6f")
+            )
+        );
+    }
+
+    #[test]
+    fn ext2_is_mounted_by_the_ext4_driver() {
+        assert_eq!(
+            detected(EXT2),
+            info(
+                FsKind::Supported(FsType::Ext4),
+                Some("legacy"),
+                Some("9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d")
+            )
+        );
+    }
+
+    #[test]
+    fn swap_from_mkswap_is_other() {
+        let found = detected(SWAP);
+        assert_eq!(found, FsInfo::other("swap"));
+        assert_eq!(found.fstype(), None);
+    }
+
+    #[test]
+    fn no_magic_is_none() {
+        assert_eq!(detect(&[]), Ok(None));
+        assert_eq!(detect(&[0; PROBE_BYTES]), Ok(None));
+        assert_eq!(detect(&[0xff; PROBE_BYTES]), Ok(None));
+        assert_eq!(detect(b"hsq"), Ok(None));
+    }
+
+    #[test]
+    fn recognises_other_filesystems_by_magic() {
+        let zeros = vec![0u8; PROBE_BYTES];
+
+        let mut fat = zeros.clone();
+        fat[11..13].copy_from_slice(&512u16.to_le_bytes());
+        fat[13] = 8;
+        fat[14] = 32;
+        fat[16] = 2;
+        fat[21] = 0xF8;
+        fat[82..90].copy_from_slice(b"FAT32   ");
+        fat[510..512].copy_from_slice(&[0x55, 0xAA]);
+        assert_eq!(detected(&fat), FsInfo::other("vfat"));
+        // Without a sane BIOS parameter block it is just a boot sector.
+        assert_eq!(detect(&patched(&fat, 13, &[3])), Ok(None));
+
+        let xfs = patched(&zeros, 0, b"XFSB\0\0\x10\0");
+        assert_eq!(detected(&xfs), FsInfo::other("xfs"));
+        assert!(error(&patched(&xfs, 4, &[0, 0, 0, 3])).contains("xfs block size"));
+
+        let btrfs = patched(&zeros, 0x10040, b"_BHRfS_M");
+        assert_eq!(detected(&btrfs), FsInfo::other("btrfs"));
+        // The btrfs magic lies past a short read: not visible, not an error.
+        assert_eq!(detect(&btrfs[..0x10040 + 7]), Ok(None));
+
+        let f2fs = patched(&zeros, 1024, &0xF2F5_2010u32.to_le_bytes());
+        assert_eq!(detected(&f2fs), FsInfo::other("f2fs"));
+
+        let iso = patched(&zeros, 32768, b"\x01CD001\x01");
+        assert_eq!(detected(&iso), FsInfo::other("iso9660"));
+
+        let swap64k = patched(&zeros, 65536 - 10, b"SWAPSPACE2");
+        assert_eq!(detected(&swap64k), FsInfo::other("swap"));
+    }
+
+    #[test]
+    fn jffs2_needs_a_valid_node_header_crc() {
+        // A clean marker node: magic, type, length 12, then crc32(0, first 8 bytes).
+        for big_endian in [false, true] {
+            let mut node = Vec::new();
+            let (magic, node_type, len) = if big_endian {
+                (
+                    0x1985u16.to_be_bytes(),
+                    0x2003u16.to_be_bytes(),
+                    12u32.to_be_bytes(),
+                )
+            } else {
+                (
+                    0x1985u16.to_le_bytes(),
+                    0x2003u16.to_le_bytes(),
+                    12u32.to_le_bytes(),
+                )
+            };
+            node.extend_from_slice(&magic);
+            node.extend_from_slice(&node_type);
+            node.extend_from_slice(&len);
+            let crc = crc32_raw(0, &node);
+            node.extend_from_slice(&if big_endian {
+                crc.to_be_bytes()
+            } else {
+                crc.to_le_bytes()
+            });
+            node.resize(4096, 0xff);
+            assert_eq!(detected(&node), FsInfo::other("jffs2"));
+            node[5] ^= 1;
+            assert_eq!(detect(&node), Ok(None));
+        }
+    }
+
+    #[test]
+    fn truncated_superblocks_are_errors_with_a_reason() {
+        assert_eq!(error(&SQUASHFS[..50]), "squashfs superblock truncated");
+        assert_eq!(error(&EROFS[..1100]), "erofs superblock truncated");
+        // The checksummed region of erofs runs to the end of its first block.
+        assert_eq!(error(&EROFS[..2048]), "erofs superblock truncated");
+        assert_eq!(error(&EXT4[..1100]), "ext4 superblock truncated");
+        assert_eq!(error(&EXT4[..2047]), "ext4 superblock truncated");
+        // A read that ends before the magic cannot tell anything.
+        assert_eq!(detect(&EXT4[..1081]), Ok(None));
+        // The superblock is all these readers need: a 4 KiB read is enough.
+        assert_eq!(detected(&EXT4[..4096]), detected(EXT4));
+        assert_eq!(detected(&EXT2[..2048]), detected(EXT2));
+    }
+
+    #[test]
+    fn every_prefix_is_an_error_none_or_the_full_answer() {
+        for fixture in ALL {
+            let full = detected(fixture);
+            for len in (0..=fixture.len().min(8192)).chain([fixture.len()]) {
+                match detect(&fixture[..len]) {
+                    Ok(Some(found)) => assert_eq!(found, full, "prefix of {len} bytes"),
+                    Ok(None) | Err(_) => {}
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn corrupt_checksummed_superblocks_are_rejected() {
+        assert_eq!(
+            error(&patched(EXT4, 1024 + 0x78, b"r00tfs")),
+            "ext4 superblock checksum mismatch"
+        );
+        assert_eq!(
+            error(&patched(EROFS_LABEL, 1024 + 64, b"x")),
+            "erofs superblock checksum mismatch"
+        );
+        // erofs covers the whole rest of its first block, not only the 128-byte struct.
+        assert_eq!(
+            error(&patched(EROFS, 4000, &[1])),
+            "erofs superblock checksum mismatch"
+        );
+    }
+
+    /// Flip every bit of the superblock region: the answer is an error, nothing,
+    /// or exactly the original (for bytes outside what the checksum covers).
+    #[test]
+    fn no_single_bit_flip_gives_a_wrong_answer_when_checksummed() {
+        for (fixture, region) in [(EXT4, 0..2048), (EROFS, 0..4096), (EROFS_LABEL, 0..4096)] {
+            let full = detected(fixture);
+            let mut buf = fixture.to_vec();
+            for offset in region {
+                for bit in 0..8 {
+                    buf[offset] ^= 1 << bit;
+                    if let Ok(Some(found)) = detect(&buf) {
+                        assert_eq!(found, full, "bit {bit} of byte {offset}");
+                        // Only bytes before the superblock, or clearing the very
+                        // feature bit that asks for the checksum, go unnoticed.
+                        let feature_bit = [1024 + 0x65, 1024 + 8].contains(&offset);
+                        assert!(offset < 1024 || feature_bit, "flip at {offset} unnoticed");
+                    }
+                    buf[offset] ^= 1 << bit;
+                }
+            }
+        }
+    }
+
+    /// Without a checksum a flip can change a label, but never the kind.
+    #[test]
+    fn bit_flips_in_unchecksummed_superblocks_keep_the_kind() {
+        for (fixture, region) in [(SQUASHFS, 0..96), (EXT2, 1024..2048)] {
+            let kind = detected(fixture).kind;
+            let mut buf = fixture.to_vec();
+            for offset in region {
+                for bit in 0..8 {
+                    buf[offset] ^= 1 << bit;
+                    if let Ok(Some(found)) = detect(&buf) {
+                        // Except the ext feature bit that says "external journal".
+                        let journal_dev = offset == 1024 + 0x60 && bit == 3;
+                        if !journal_dev {
+                            assert_eq!(found.kind, kind, "bit {bit} of byte {offset}");
+                        }
+                    }
+                    buf[offset] ^= 1 << bit;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn squashfs_sanity_checks_name_the_field() {
+        assert!(error(&patched(SQUASHFS, 28, &[3])).contains("version 3.0"));
+        assert!(error(&patched(SQUASHFS, 22, &[16])).contains("block_log"));
+        assert!(error(&patched(SQUASHFS, 12, &[0, 0, 0, 0])).contains("block size 0"));
+        assert!(error(&patched(SQUASHFS, 20, &[9])).contains("compression"));
+        assert!(error(&patched(SQUASHFS, 40, &[0x10, 0, 0])).contains("bytes_used"));
+    }
+
+    #[test]
+    fn ext4_sanity_checks_apply_without_checksums() {
+        assert!(error(&patched(EXT2, 1024 + 0x18, &[9])).contains("block size"));
+        assert!(error(&patched(EXT2, 1024 + 0x4C, &[7])).contains("revision 7"));
+        let journal_device = patched(EXT2, 1024 + 0x60, &[0x08 | EXT2[1024 + 0x60]]);
+        assert_eq!(detected(&journal_device), FsInfo::other("jbd"));
+    }
+
+    #[test]
+    fn random_mutations_never_panic() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..3000 {
+            let fixture = ALL[round % ALL.len()];
+            let mut buf = fixture.to_vec();
+            for _ in 0..=(next() % 8) {
+                // Most mutations land in the superblock area, where the readers look.
+                let offset = (next() % 4096) as usize % buf.len();
+                buf[offset] = next() as u8;
+            }
+            let len = buf.len() - (next() as usize % (buf.len() + 1)) / 2;
+            let _ = detect(&buf[..len]);
+        }
+    }
+}
