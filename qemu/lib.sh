@@ -113,3 +113,26 @@ digest() {
         fi
     done | sha256sum | cut -d' ' -f1
 }
+
+# Builds everything a boot needs into OUTDIR:
+#   OUTDIR/overlay-init        the static init
+#   OUTDIR/initramfs.cpio.gz   initramfs/build output (init + modules [+ extra files])
+#   OUTDIR/root.{sqsh,erofs,ext4}, OUTDIR/upper.ext4, OUTDIR/root/   (qemu/build-demo)
+# Extra arguments are passed to initramfs/build (e.g. --file SRC:DEST).
+build_boot_artifacts() {
+    local outdir="$1" init moddir
+    shift
+    mkdir -p "$outdir"
+    moddir="$(kernel_paths | sed -n 2p)"
+    [[ -n "$moddir" ]] || die "no kernel module tree (qemu/fetch-kernel failed)"
+    init="$(build_init)"
+    [[ -x "$init" ]] || die "the init was not built at $init"
+    install -m 0755 "$init" "$outdir/overlay-init.tmp"
+    mv "$outdir/overlay-init.tmp" "$outdir/overlay-init"
+    [[ -x "$REPO_DIR/initramfs/build" ]] || die "initramfs/build is missing or not executable"
+    "$REPO_DIR/initramfs/build" --init "$outdir/overlay-init" --modules "$moddir" "$@" \
+        -o "$outdir/initramfs.cpio.gz.tmp" >&2
+    mv "$outdir/initramfs.cpio.gz.tmp" "$outdir/initramfs.cpio.gz"
+    # The init also goes into the root, for router mode (init=/sbin/overlay-init).
+    "$QEMU_DIR/build-demo" --add "$outdir/overlay-init:/sbin/overlay-init" "$outdir"
+}
