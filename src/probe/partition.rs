@@ -186,3 +186,238 @@ fn gpt(buf: &[u8], sector_size: usize) -> Result<Vec<PartEntry>, ProbeError> {
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GPT: &[u8] = include_bytes!("../../tests/fixtures/probe/gpt.img");
+    const MBR: &[u8] = include_bytes!("../../tests/fixtures/probe/mbr.img");
+
+    fn parsed(buf: &[u8], sector_size: u32) -> Vec<PartEntry> {
+        parse_table(buf, sector_size)
+            .expect("valid")
+            .expect("a table")
+    }
+
+    fn error(buf: &[u8]) -> String {
+        parse_table(buf, 512)
+            .expect_err("must be rejected")
+            .to_string()
+    }
+
+    // Expected values are what `sfdisk -d` prints for the same images.
+    fn gpt_entries() -> Vec<PartEntry> {
+        vec![
+            PartEntry {
+                number: 1,
+                partuuid: "1b2c3d4e-5f60-4718-9a2b-3c4d5e6f7081".into(),
+                name: Some("rootfs".into()),
+                first_lba: 2048,
+                last_lba: 2048 + 4096 - 1,
+            },
+            PartEntry {
+                number: 2,
+                partuuid: "c0ffee00-1234-4567-89ab-cdef01234567".into(),
+                name: Some("överlay".into()),
+                first_lba: 6144,
+                last_lba: 16350,
+            },
+        ]
+    }
+
+    #[test]
+    fn gpt_from_sgdisk_with_names_and_guids() {
+        assert_eq!(TABLE_BYTES, table_bytes(512));
+        assert_eq!(GPT.len(), TABLE_BYTES);
+        assert_eq!(parsed(GPT, 512), gpt_entries());
+    }
+
+    /// The same table laid out on a disk with 4 KiB logical sectors: the header
+    /// moves to byte 4096 and the entries to byte 8192; every LBA stays as it is.
+    #[test]
+    fn gpt_with_4k_sectors() {
+        let mut disk = vec![0u8; table_bytes(4096)];
+        disk[..512].copy_from_slice(&GPT[..512]);
+        disk[4096..4096 + 512].copy_from_slice(&GPT[512..1024]);
+        disk[8192..8192 + 16384].copy_from_slice(&GPT[1024..]);
+        assert_eq!(parsed(&disk, 4096), gpt_entries());
+        // Read as 512-byte sectors there is no header in LBA 1.
+        assert_eq!(error(&disk), "protective MBR but no GPT header in LBA 1");
+        // TABLE_BYTES is not enough for 4 KiB sectors.
+        let short = parse_table(&disk[..TABLE_BYTES], 4096).unwrap_err();
+        assert!(short
+            .to_string()
+            .starts_with("GPT partition entries truncated"));
+    }
+
+    #[test]
+    fn mbr_from_sfdisk_with_disk_identifier() {
+        assert_eq!(
+            parsed(MBR, 512),
+            vec![
+                PartEntry {
+                    number: 1,
+                    partuuid: "1234abcd-01".into(),
+                    name: None,
+                    first_lba: 2048,
+                    last_lba: 6143,
+                },
+                PartEntry {
+                    number: 2,
+                    partuuid: "1234abcd-02".into(),
+                    name: None,
+                    first_lba: 6144,
+                    last_lba: 14335,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn mbr_numbers_follow_the_slot_not_the_count() {
+        let mut mbr = MBR.to_vec();
+        // Move partition 2 into slot 4: the kernel would call it sda4.
+        mbr.copy_within(446 + 16..446 + 32, 446 + 48);
+        mbr[446 + 16..446 + 32].fill(0);
+        let entries = parsed(&mbr, 512);
+        assert_eq!(
+            entries
+                .iter()
+                .map(|e| (e.number, e.partuuid.as_str()))
+                .collect::<Vec<_>>(),
+            [(1, "1234abcd-01"), (4, "1234abcd-04")]
+        );
+    }
+
+    #[test]
+    fn no_table_is_none() {
+        assert_eq!(parse_table(&[], 512), Ok(None));
+        assert_eq!(parse_table(&MBR[..511], 512), Ok(None));
+        assert_eq!(parse_table(&[0; TABLE_BYTES], 512), Ok(None));
+        // Boot code where the entries should be (boot flag 0x3c): not a table.
+        let mut boot_code = MBR.to_vec();
+        boot_code[446] = 0x3c;
+        assert_eq!(parse_table(&boot_code, 512), Ok(None));
+        // A filesystem image: the superblock readers' fixtures are not tables.
+        let ext4 = include_bytes!("../../tests/fixtures/probe/ext4.img");
+        assert_eq!(parse_table(ext4, 512), Ok(None));
+    }
+
+    #[test]
+    fn fat_boot_sector_is_not_a_partition_table() {
+        let mut fat = vec![0u8; 512];
+        fat[11..13].copy_from_slice(&512u16.to_le_bytes());
+        fat[13] = 4;
+        fat[14] = 1;
+        fat[16] = 2;
+        fat[21] = 0xF8;
+        fat[54..62].copy_from_slice(b"FAT16   ");
+        fat[510..512].copy_from_slice(&[0x55, 0xAA]);
+        assert_eq!(parse_table(&fat, 512), Ok(None));
+    }
+
+    #[test]
+    fn sector_size_must_be_a_power_of_two() {
+        for bad in [0, 256, 520, 1 << 17] {
+            let e = parse_table(GPT, bad).unwrap_err();
+            assert_eq!(e.to_string(), format!("sector size {bad} invalid"));
+        }
+    }
+
+    #[test]
+    fn damaged_gpt_is_an_error_not_the_protective_mbr() {
+        let mut header = GPT.to_vec();
+        header[512 + 56] ^= 1; // disk GUID
+        assert_eq!(error(&header), "GPT header checksum mismatch");
+        let mut entries = GPT.to_vec();
+        entries[1024 + 56] ^= 1; // first partition name
+        assert_eq!(error(&entries), "GPT partition entries checksum mismatch");
+        let mut signature = GPT.to_vec();
+        signature[512] = b'X';
+        assert_eq!(
+            error(&signature),
+            "protective MBR but no GPT header in LBA 1"
+        );
+        assert_eq!(
+            error(&GPT[..600]),
+            "GPT header truncated (need 604 bytes, have 600)"
+        );
+        assert_eq!(
+            error(&GPT[..TABLE_BYTES - 1]),
+            "GPT partition entries truncated (need 17408 bytes, have 17407)"
+        );
+    }
+
+    /// Every bit of the GPT header and entries is covered by a CRC: a flip is
+    /// an error, or (in the unused rest of the header sector) changes nothing.
+    #[test]
+    fn no_single_bit_flip_in_the_gpt_gives_a_wrong_answer() {
+        let full = parsed(GPT, 512);
+        let mut buf = GPT.to_vec();
+        // The whole header sector and the two used entries, plus one unused.
+        for offset in (512..1024).chain(1024..1024 + 3 * 128) {
+            for bit in 0..8 {
+                buf[offset] ^= 1 << bit;
+                if let Ok(found) = parse_table(&buf, 512) {
+                    assert_eq!(found.as_ref(), Some(&full), "bit {bit} of byte {offset}");
+                    assert!(offset >= 512 + 92, "flip at {offset} unnoticed");
+                }
+                buf[offset] ^= 1 << bit;
+            }
+        }
+    }
+
+    #[test]
+    fn every_prefix_is_an_error_none_or_the_full_answer() {
+        for fixture in [GPT, MBR] {
+            let full = parsed(fixture, 512);
+            for len in 0..=fixture.len() {
+                if let Ok(Some(found)) = parse_table(&fixture[..len], 512) {
+                    assert_eq!(found, full, "prefix of {len} bytes");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn absurd_gpt_geometry_is_rejected_without_allocating() {
+        // Rewrite header fields and fix up the header CRC, as a hostile disk would.
+        let with_header = |offset: usize, value: &[u8]| {
+            let mut buf = GPT.to_vec();
+            buf[512 + offset..512 + offset + value.len()].copy_from_slice(value);
+            buf[512 + 16..512 + 20].fill(0);
+            let crc = crc32(&buf[512..512 + 92]);
+            buf[512 + 16..512 + 20].copy_from_slice(&crc.to_le_bytes());
+            error(&buf)
+        };
+        assert!(with_header(80, &u32::MAX.to_le_bytes()).contains("too many"));
+        assert!(with_header(84, &100u32.to_le_bytes()).contains("entry size 100"));
+        assert!(with_header(72, &u64::MAX.to_le_bytes()).contains("LBA 18446744073709551615"));
+        assert!(with_header(72, &1u64.to_le_bytes()).contains("overlap"));
+        assert!(with_header(12, &4096u32.to_le_bytes()).contains("header size 4096"));
+        assert!(with_header(24, &7u64.to_le_bytes()).contains("at LBA 7"));
+    }
+
+    #[test]
+    fn random_mutations_never_panic() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..3000 {
+            let fixture = if round % 2 == 0 { GPT } else { MBR };
+            let mut buf = fixture.to_vec();
+            for _ in 0..=(next() % 8) {
+                let offset = (next() % 1200) as usize % buf.len();
+                buf[offset] = next() as u8;
+            }
+            let len = buf.len() - (next() as usize % (buf.len() + 1)) / 2;
+            let sector_size = [512, 1024, 4096][round % 3];
+            let _ = parse_table(&buf[..len], sector_size);
+        }
+    }
+}
