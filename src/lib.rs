@@ -5,9 +5,11 @@
 //! unit tests can reach; only `sys` talks to the kernel.
 
 pub mod cmdline;
+pub mod devices;
 pub mod devspec;
 pub mod fstype;
 pub mod initramfs;
 pub mod modindex;
 pub mod probe;
 pub mod sys;
+pub mod uevent;
