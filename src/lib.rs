@@ -11,5 +11,6 @@ pub mod fstype;
 pub mod initramfs;
 pub mod modindex;
 pub mod probe;
+pub mod reset;
 pub mod sys;
 pub mod uevent;

@@ -3,3 +3,4 @@
 pub mod loopdev;
 pub mod uevent;
 pub mod blockdev;
+pub mod wipe;

@@ -1,0 +1,583 @@
+//! Factory reset of a persistent upper: O(1) at boot, atomic, power-cut safe.
+//!
+//! Layout of the upper's filesystem (`upper_root`, `/overlay` in the new root):
+//!
+//! ```text
+//! upper/                      overlay upperdir
+//! work/                       overlay workdir
+//! .overlay-init/reset-request a pending reset (durable; written by `overlay-init reset`)
+//! .overlay-init/trash/GEN/    what earlier resets took out of the overlay's view
+//! ```
+//!
+//! A reset prepares `trash/GEN/{upper,work}` (empty), then swaps each with the
+//! live one by `renameat2(RENAME_EXCHANGE)`: `work/` first (the overlay never
+//! shows it), then `upper/`, which is the one step after which the old state is
+//! gone. Each step is fsynced before the next, and the request is removed only
+//! once the swap is durable, so a power cut at any instant leaves either the
+//! old upper with the request still pending, or a clean upper. The trash is
+//! removed later by a detached low-priority child ([`start_trash_cleanup`]).
+//! See docs/reset.md.
+
+use std::ffi::CStr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use crate::sys::wipe::{self, Swap, WipeReport};
+
+const UPPER: &CStr = c"upper";
+const WORK: &CStr = c"work";
+const STATE_DIR: &CStr = c".overlay-init";
+const REQUEST: &CStr = c"reset-request";
+const TRASH: &CStr = c"trash";
+/// Names used only when the filesystem cannot `RENAME_EXCHANGE`.
+const UPPER_ASIDE: &CStr = c"upper.old";
+const WORK_ASIDE: &CStr = c"work.old";
+const DIR_MODE: u32 = 0o755;
+
+/// The overlay's `upperdir` on the upper's filesystem.
+pub fn upperdir(upper_root: &Path) -> PathBuf {
+    upper_root.join("upper")
+}
+
+/// The overlay's `workdir` on the upper's filesystem.
+pub fn workdir(upper_root: &Path) -> PathBuf {
+    upper_root.join("work")
+}
+
+/// The directory holding the reset request and the trash.
+pub fn state_dir(upper_root: &Path) -> PathBuf {
+    upper_root.join(".overlay-init")
+}
+
+/// Where reset generations wait to be removed.
+pub fn trash_dir(upper_root: &Path) -> PathBuf {
+    state_dir(upper_root).join("trash")
+}
+
+/// What the kernel command line says about resetting. Both fields are
+/// required on purpose: the caller has to say whether this is a failsafe boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootFlags {
+    /// `ovl.reset` was given.
+    pub cmdline_reset: bool,
+    /// `ovl.failsafe` was given: nothing on the persistent upper is touched.
+    pub failsafe: bool,
+}
+
+/// Who asked for the reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Cmdline,
+    Request,
+    CmdlineAndRequest,
+}
+
+/// What this boot does with the persistent upper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Use the upper as it is.
+    Keep,
+    /// Reset it first.
+    Reset(Trigger),
+    /// `ovl.failsafe`: leave it alone, even when a reset is pending.
+    LeaveAloneFailsafe,
+}
+
+/// The pure rule: failsafe wins over everything, then any trigger resets.
+pub fn decide(flags: BootFlags, request_pending: bool) -> Decision {
+    match (flags.failsafe, flags.cmdline_reset, request_pending) {
+        (true, _, _) => Decision::LeaveAloneFailsafe,
+        (false, true, true) => Decision::Reset(Trigger::CmdlineAndRequest),
+        (false, true, false) => Decision::Reset(Trigger::Cmdline),
+        (false, false, true) => Decision::Reset(Trigger::Request),
+        (false, false, false) => Decision::Keep,
+    }
+}
+
+/// The durable steps of a reset, in order. After each one returns, its
+/// effect is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// `ovl.reset` without a pending request: record one, so that a power cut
+    /// before the swap still resets at the next boot.
+    RecordRequest,
+    /// `trash/GEN/upper` and `trash/GEN/work` created empty.
+    Prepare,
+    /// The live `work/` swapped with the empty one (the overlay never shows it).
+    SwapWork,
+    /// The live `upper/` swapped with the empty one: the old state is gone.
+    SwapUpper,
+    /// The request removed.
+    ClearRequest,
+}
+
+impl Step {
+    pub const ALL: [Step; 5] = [
+        Step::RecordRequest,
+        Step::Prepare,
+        Step::SwapWork,
+        Step::SwapUpper,
+        Step::ClearRequest,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::RecordRequest => "record-request",
+            Step::Prepare => "prepare",
+            Step::SwapWork => "swap-work",
+            Step::SwapUpper => "swap-upper",
+            Step::ClearRequest => "clear-request",
+        }
+    }
+}
+
+/// How long one step took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepTiming {
+    pub step: Step,
+    pub took: Duration,
+}
+
+/// What [`apply_pending`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResetOutcome {
+    /// No reset was asked for; the upper is untouched.
+    NotRequested,
+    /// `ovl.failsafe`: the upper was not even looked at.
+    SkippedFailsafe,
+    /// The upper and work directories are fresh; the old ones wait in `trash`.
+    Done {
+        trigger: Trigger,
+        trash: PathBuf,
+        steps: Vec<StepTiming>,
+        total: Duration,
+    },
+}
+
+/// Called by the boot path on the mounted upper filesystem, before the overlay
+/// is mounted. `lower_dev` is the `st_dev` of the mounted main lower: a reset
+/// refuses to run when the upper lives on the same device.
+pub fn apply_pending(
+    upper_root: &Path,
+    flags: BootFlags,
+    lower_dev: Option<u64>,
+) -> Result<ResetOutcome> {
+    apply_pending_with_hook(upper_root, flags, lower_dev, &mut |_| Ok(()))
+}
+
+/// [`apply_pending`] with a hook called after each durable step; an error
+/// from the hook stops the reset there (fault injection for tests).
+pub fn apply_pending_with_hook(
+    upper_root: &Path,
+    flags: BootFlags,
+    lower_dev: Option<u64>,
+    after_step: &mut dyn FnMut(Step) -> Result<()>,
+) -> Result<ResetOutcome> {
+    if flags.failsafe {
+        log::info!("reset: ovl.failsafe: the persistent upper is left untouched");
+        return Ok(ResetOutcome::SkippedFailsafe);
+    }
+    let root = wipe::open_dir(upper_root)?;
+    let pending = request_pending_at(root.as_fd()).with_context(|| {
+        format!(
+            "check for a reset request in {}",
+            state_dir(upper_root).display()
+        )
+    })?;
+    let trigger = match decide(flags, pending) {
+        Decision::Keep => return Ok(ResetOutcome::NotRequested),
+        Decision::LeaveAloneFailsafe => return Ok(ResetOutcome::SkippedFailsafe),
+        Decision::Reset(trigger) => trigger,
+    };
+    let upper_dev =
+        wipe::device_of(root.as_fd()).with_context(|| format!("fstat {}", upper_root.display()))?;
+    if lower_dev == Some(upper_dev) {
+        bail!(
+            "refusing to reset {}: the upper is on the same device as the lower ({})",
+            upper_root.display(),
+            format_dev(upper_dev)
+        );
+    }
+    log::info!(
+        "reset: {} asked for a factory reset of {}",
+        describe(trigger),
+        upper_root.display()
+    );
+    let mut run = Run {
+        upper_root,
+        started: Instant::now(),
+        steps: Vec::new(),
+        after_step,
+    };
+    let trash = reset_steps(&mut run, root.as_fd(), pending)?;
+    let total = run.started.elapsed();
+    log::info!(
+        "reset: done in {total:?}; the old upper waits in {} for removal",
+        trash.display()
+    );
+    Ok(ResetOutcome::Done {
+        trigger,
+        trash,
+        steps: run.steps,
+        total,
+    })
+}
+
+struct Run<'a> {
+    upper_root: &'a Path,
+    started: Instant,
+    steps: Vec<StepTiming>,
+    after_step: &'a mut dyn FnMut(Step) -> Result<()>,
+}
+
+impl Run<'_> {
+    fn step<T>(&mut self, step: Step, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        let began = Instant::now();
+        let value = work().with_context(|| {
+            format!(
+                "reset of {}: step {}",
+                self.upper_root.display(),
+                step.name()
+            )
+        })?;
+        let took = began.elapsed();
+        log::info!("reset: step {} took {took:?}", step.name());
+        self.steps.push(StepTiming { step, took });
+        (self.after_step)(step)
+            .with_context(|| format!("reset stopped after step {}", step.name()))?;
+        Ok(value)
+    }
+}
+
+fn reset_steps(run: &mut Run<'_>, root: BorrowedFd<'_>, pending: bool) -> Result<PathBuf> {
+    let (state, _) = ensure_state_dir(root)?;
+    if !pending {
+        run.step(Step::RecordRequest, || {
+            wipe::write_durably(state.as_fd(), REQUEST, b"requested-by=cmdline\n")
+        })?;
+    }
+    let (generation, name) = run.step(Step::Prepare, || prepare_generation(state.as_fd()))?;
+    run.step(Step::SwapWork, || {
+        swap(root, WORK, generation.as_fd(), WORK_ASIDE)
+    })?;
+    run.step(Step::SwapUpper, || {
+        swap(root, UPPER, generation.as_fd(), UPPER_ASIDE)
+    })?;
+    run.step(Step::ClearRequest, || {
+        wipe::remove_durably(state.as_fd(), REQUEST)?;
+        Ok(())
+    })?;
+    Ok(trash_dir(run.upper_root).join(name))
+}
+
+/// `.overlay-init/` (created durably if missing) and whether it was created.
+fn ensure_state_dir(root: BorrowedFd<'_>) -> Result<(OwnedFd, bool)> {
+    let (state, created) = wipe::ensure_dir_at(root, STATE_DIR, DIR_MODE)?;
+    if created {
+        wipe::fsync_dir(root, "upper root")?;
+    }
+    Ok((state, created))
+}
+
+/// Create `trash/GEN/{upper,work}`, empty, and make them durable.
+fn prepare_generation(state: BorrowedFd<'_>) -> Result<(OwnedFd, String)> {
+    let (trash, trash_created) = wipe::ensure_dir_at(state, TRASH, DIR_MODE)?;
+    if trash_created {
+        wipe::fsync_dir(state, ".overlay-init")?;
+    }
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let base = format!(
+        "reset-{}.{:09}-{}",
+        stamp.as_secs(),
+        stamp.subsec_nanos(),
+        std::process::id()
+    );
+    for attempt in 0u32.. {
+        let name = if attempt == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{attempt}")
+        };
+        let c_name = std::ffi::CString::new(name.clone()).expect("no NUL in a formatted name");
+        if !wipe::mkdir_at(trash.as_fd(), &c_name, 0o700)? {
+            continue;
+        }
+        let generation = wipe::open_dir_at(trash.as_fd(), &c_name)
+            .with_context(|| format!("open trash/{name}"))?;
+        wipe::mkdir_at(generation.as_fd(), UPPER, DIR_MODE)?;
+        wipe::mkdir_at(generation.as_fd(), WORK, DIR_MODE)?;
+        wipe::fsync_dir(generation.as_fd(), &format!("trash/{name}"))?;
+        wipe::fsync_dir(trash.as_fd(), "trash")?;
+        return Ok((generation, name));
+    }
+    unreachable!("the loop above only ends by returning")
+}
+
+/// Swap the live `name` with the empty one in the generation, durably.
+fn swap(root: BorrowedFd<'_>, name: &CStr, generation: BorrowedFd<'_>, aside: &CStr) -> Result<()> {
+    let how = wipe::swap_into_place(root, name, generation, name, aside)?;
+    if how == Swap::MovedAsideThenMoved {
+        log::warn!(
+            "reset: the filesystem cannot RENAME_EXCHANGE; {name:?} was moved aside, then replaced"
+        );
+    }
+    // Both directories changed: make both durable before the next step.
+    wipe::fsync_dir(root, "upper root")?;
+    wipe::fsync_dir(generation, "trash generation")
+}
+
+fn request_pending_at(root: BorrowedFd<'_>) -> Result<bool> {
+    let state = match wipe::open_dir_at(root, STATE_DIR) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(false),
+        Err(e) => return Err(e).context("open .overlay-init"),
+    };
+    wipe::exists_at(state.as_fd(), REQUEST)
+}
+
+fn describe(trigger: Trigger) -> &'static str {
+    match trigger {
+        Trigger::Cmdline => "ovl.reset on the kernel command line",
+        Trigger::Request => "a pending request (overlay-init reset)",
+        Trigger::CmdlineAndRequest => "ovl.reset and a pending request",
+    }
+}
+
+fn format_dev(dev: u64) -> String {
+    format!("{}:{}", rustix::fs::major(dev), rustix::fs::minor(dev))
+}
+
+/// Start removing the trash in a detached, lowest-priority child process and
+/// return at once; `Ok(None)` when the trash is empty. Call it right before
+/// exec'ing the real init (the process must be single-threaded), with the
+/// path of the upper's filesystem as seen at that moment (`/overlay`).
+/// An interrupted removal is picked up by the next boot's call.
+pub fn start_trash_cleanup(upper_root: &Path) -> Result<Option<i32>> {
+    let Some(trash) = open_trash_if_nonempty(upper_root)? else {
+        return Ok(None);
+    };
+    let label = trash_dir(upper_root);
+    let pid = wipe::spawn_detached(c"ovl-trash-wipe", move || {
+        match remove_trash_at(trash.as_fd(), &label) {
+            Ok(report) if report.is_complete() => 0,
+            Ok(_) => 1,
+            Err(e) => {
+                log::error!("reset: removing the trash failed: {e:#}");
+                2
+            }
+        }
+    })?;
+    log::info!("reset: removing the trash in the background (pid {pid})");
+    Ok(Some(pid))
+}
+
+/// Remove the trash now, in this process. What [`start_trash_cleanup`]'s
+/// child runs; also usable from the CLI.
+pub fn remove_trash_now(upper_root: &Path) -> Result<WipeReport> {
+    match open_trash_if_nonempty(upper_root)? {
+        Some(trash) => remove_trash_at(trash.as_fd(), &trash_dir(upper_root)),
+        None => Ok(WipeReport::default()),
+    }
+}
+
+fn open_trash_if_nonempty(upper_root: &Path) -> Result<Option<OwnedFd>> {
+    let root = wipe::open_dir(upper_root)?;
+    let Some(state) = open_if_present(root.as_fd(), STATE_DIR)? else {
+        return Ok(None);
+    };
+    let Some(trash) = open_if_present(state.as_fd(), TRASH)? else {
+        return Ok(None);
+    };
+    let label = trash_dir(upper_root);
+    let empty = wipe::list_names(trash.as_fd())
+        .with_context(|| format!("list {}", label.display()))?
+        .is_empty();
+    Ok((!empty).then_some(trash))
+}
+
+fn open_if_present(dir: BorrowedFd<'_>, name: &CStr) -> Result<Option<OwnedFd>> {
+    match wipe::open_dir_at(dir, name) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("open {name:?} (no symlinks)")),
+    }
+}
+
+fn remove_trash_at(trash: BorrowedFd<'_>, label: &Path) -> Result<WipeReport> {
+    if !wipe::try_lock_exclusive(trash)? {
+        log::info!(
+            "reset: {} is already being removed by another process",
+            label.display()
+        );
+        return Ok(WipeReport::default());
+    }
+    let began = Instant::now();
+    let report = wipe::wipe_contents(trash, label)?;
+    log::info!(
+        "reset: trash removal took {:?}: {} entries removed, {} mount points left, {} failures",
+        began.elapsed(),
+        report.removed,
+        report.mount_points_left.len(),
+        report.failures.len()
+    );
+    for failure in &report.failures {
+        log::warn!("reset: could not remove {failure}");
+    }
+    Ok(report)
+}
+
+/// `overlay-init reset`: record a durable request, honoured at the next boot.
+/// `upper_root` is the upper's filesystem in the running system (`/overlay`).
+pub fn request(upper_root: &Path) -> Result<()> {
+    let root = wipe::open_dir(upper_root)?;
+    if wipe::is_volatile_fs(root.as_fd())? {
+        bail!(
+            "{} is in memory (tmpfs): every boot already starts from the factory state",
+            upper_root.display()
+        );
+    }
+    let (state, _) =
+        ensure_state_dir(root.as_fd()).with_context(|| format!("in {}", upper_root.display()))?;
+    wipe::write_durably(state.as_fd(), REQUEST, b"requested-by=cli\n").with_context(|| {
+        format!(
+            "record a reset request in {}",
+            state_dir(upper_root).display()
+        )
+    })?;
+    log::info!(
+        "reset: requested; the next boot wipes {}",
+        upperdir(upper_root).display()
+    );
+    Ok(())
+}
+
+/// `overlay-init reset --cancel`: drop a pending request. `Ok(true)` if there was one.
+pub fn cancel(upper_root: &Path) -> Result<bool> {
+    let root = wipe::open_dir(upper_root)?;
+    let Some(state) = open_if_present(root.as_fd(), STATE_DIR)? else {
+        return Ok(false);
+    };
+    wipe::remove_durably(state.as_fd(), REQUEST).with_context(|| {
+        format!(
+            "cancel the reset request in {}",
+            state_dir(upper_root).display()
+        )
+    })
+}
+
+/// What `overlay-init status` reports about resets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// A reset will happen at the next boot.
+    pub reset_pending: bool,
+    /// Who recorded it (`cli` or `cmdline`), when known.
+    pub requested_by: Option<String>,
+    /// Old generations still waiting to be removed.
+    pub trash_generations: usize,
+}
+
+/// Report whether a reset is pending and how much trash is left.
+pub fn status(upper_root: &Path) -> Result<Status> {
+    let root = wipe::open_dir(upper_root)?;
+    let Some(state) = open_if_present(root.as_fd(), STATE_DIR)? else {
+        return Ok(Status {
+            reset_pending: false,
+            requested_by: None,
+            trash_generations: 0,
+        });
+    };
+    let contents = wipe::read_small_file(state.as_fd(), REQUEST)?;
+    let requested_by = contents.as_deref().and_then(parse_requested_by);
+    let trash_generations = match open_if_present(state.as_fd(), TRASH)? {
+        Some(trash) => wipe::list_names(trash.as_fd())?.len(),
+        None => 0,
+    };
+    Ok(Status {
+        reset_pending: contents.is_some(),
+        requested_by,
+        trash_generations,
+    })
+}
+
+fn parse_requested_by(contents: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(contents).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("requested-by="))
+        .map(|v| v.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLAIN: BootFlags = BootFlags {
+        cmdline_reset: false,
+        failsafe: false,
+    };
+
+    #[test]
+    fn failsafe_never_resets_whatever_asks() {
+        for cmdline_reset in [false, true] {
+            for pending in [false, true] {
+                let flags = BootFlags {
+                    cmdline_reset,
+                    failsafe: true,
+                };
+                assert_eq!(decide(flags, pending), Decision::LeaveAloneFailsafe);
+            }
+        }
+    }
+
+    #[test]
+    fn any_trigger_resets_and_names_its_source() {
+        assert_eq!(decide(PLAIN, false), Decision::Keep);
+        assert_eq!(decide(PLAIN, true), Decision::Reset(Trigger::Request));
+        let cmdline = BootFlags {
+            cmdline_reset: true,
+            failsafe: false,
+        };
+        assert_eq!(decide(cmdline, false), Decision::Reset(Trigger::Cmdline));
+        assert_eq!(
+            decide(cmdline, true),
+            Decision::Reset(Trigger::CmdlineAndRequest)
+        );
+    }
+
+    #[test]
+    fn layout_keeps_upper_and_work_at_the_top() {
+        let root = Path::new("/overlay");
+        assert_eq!(upperdir(root), Path::new("/overlay/upper"));
+        assert_eq!(workdir(root), Path::new("/overlay/work"));
+        assert_eq!(trash_dir(root), Path::new("/overlay/.overlay-init/trash"));
+    }
+
+    #[test]
+    fn requested_by_is_read_from_the_request() {
+        assert_eq!(
+            parse_requested_by(b"requested-by=cli\n").as_deref(),
+            Some("cli")
+        );
+        assert_eq!(parse_requested_by(b"garbage"), None);
+        assert_eq!(parse_requested_by(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn steps_are_listed_in_execution_order() {
+        let names: Vec<_> = Step::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "record-request",
+                "prepare",
+                "swap-work",
+                "swap-upper",
+                "clear-request"
+            ]
+        );
+    }
+}
