@@ -4,3 +4,4 @@ pub mod loopdev;
 pub mod uevent;
 pub mod blockdev;
 pub mod wipe;
+pub mod modules;
