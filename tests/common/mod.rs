@@ -1,0 +1,1013 @@
+//! Shared helpers for the QEMU boot tests and the image-based tests (`mod common;`).
+//!
+//! - [`kernel`] and [`artifacts`]: build or fetch what a boot needs, once per test process.
+//! - [`boot`]: one headless QEMU boot through `qemu/run`, bounded by a hard timeout, with the
+//!   serial console captured; [`assert_marker`] prints the whole console when a marker is missing.
+//! - [`Scratch`], [`fresh_copy`]: per-test temporary files, removed on drop.
+//! - Image makers (squashfs, erofs, ext4, GPT disks) and readers (a file out of an ext4 image,
+//!   a command run on an image mounted read-only in a private mount namespace).
+//! - [`BusyboxInitramfs`]: a small shell initramfs, for tests that must not depend on the init.
+//!
+//! Guest markers: `/sbin/test-init` in the demo root prints `OVLTEST: pid=.. args=..`, runs
+//! the command given after `--` on the kernel command line, then `OVLTEST: exit=N`.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A boot of the demo root takes a few seconds under TCG; this bounds a stuck one.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The virtio block stack of Debian's kernel, in load order (all are modules there).
+pub const VIRTIO_BLK_MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_legacy_dev",
+    "virtio_pci_modern_dev",
+    "virtio_pci",
+    "virtio_blk",
+];
+
+pub fn repo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_dir().join("target"))
+}
+
+/// Where test artifacts and scratch files live: `target/qemu-test`.
+pub fn work_dir() -> PathBuf {
+    target_dir().join("qemu-test")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Artifacts
+
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    pub vmlinuz: PathBuf,
+    /// `lib/modules/VERSION` of the extracted package (uncompressed `.ko`, no modules.dep).
+    pub modules: PathBuf,
+}
+
+/// The cached Debian kernel (`qemu/fetch-kernel`), fetched at most once per process.
+pub fn kernel() -> &'static Kernel {
+    static KERNEL: OnceLock<Result<Kernel, String>> = OnceLock::new();
+    let result = KERNEL.get_or_init(|| {
+        let output = run_tool(Command::new(repo_dir().join("qemu/fetch-kernel")))?;
+        parse_kernel_paths(&output)
+    });
+    match result {
+        Ok(kernel) => kernel,
+        Err(message) => panic!("qemu/fetch-kernel failed:\n{message}"),
+    }
+}
+
+fn parse_kernel_paths(stdout: &str) -> Result<Kernel, String> {
+    let mut lines = stdout.lines().filter(|line| !line.trim().is_empty());
+    match (lines.next(), lines.next()) {
+        (Some(vmlinuz), Some(modules)) => Ok(Kernel {
+            vmlinuz: PathBuf::from(vmlinuz.trim()),
+            modules: PathBuf::from(modules.trim()),
+        }),
+        _ => Err(format!(
+            "expected the vmlinuz and module tree paths, got:\n{stdout}"
+        )),
+    }
+}
+
+/// What `qemu/prepare-test-artifacts` builds into [`work_dir`].
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    pub dir: PathBuf,
+    /// The static overlay-init binary.
+    pub init: PathBuf,
+    /// overlay-init + the kernel modules it needs (no shell).
+    pub initramfs: PathBuf,
+    /// The demo root tree (busybox, `/sbin/test-init`, `/sbin/overlay-init`).
+    pub root_dir: PathBuf,
+    pub root_sqsh: PathBuf,
+    pub root_erofs: PathBuf,
+    /// Label `demo-root`.
+    pub root_ext4: PathBuf,
+    /// Empty 64 MiB ext4, label `overlay`. Never boot it directly: use [`fresh_copy`].
+    pub upper_ext4: PathBuf,
+    pub kernel: Kernel,
+}
+
+/// Builds the init, the initramfs and the demo disks once per test process (later calls wait
+/// for the first and share its result).
+pub fn artifacts() -> &'static Artifacts {
+    static ARTIFACTS: OnceLock<Result<Artifacts, String>> = OnceLock::new();
+    let result = ARTIFACTS.get_or_init(|| {
+        let dir = work_dir();
+        let mut command = Command::new(repo_dir().join("qemu/prepare-test-artifacts"));
+        command.arg(&dir);
+        let output = run_tool(command)?;
+        Ok(Artifacts {
+            init: dir.join("overlay-init"),
+            initramfs: dir.join("initramfs.cpio.gz"),
+            root_dir: dir.join("root"),
+            root_sqsh: dir.join("root.sqsh"),
+            root_erofs: dir.join("root.erofs"),
+            root_ext4: dir.join("root.ext4"),
+            upper_ext4: dir.join("upper.ext4"),
+            kernel: parse_kernel_paths(&output)?,
+            dir,
+        })
+    });
+    match result {
+        Ok(artifacts) => artifacts,
+        Err(message) => panic!("qemu/prepare-test-artifacts failed:\n{message}"),
+    }
+}
+
+/// Runs a tool to completion; Ok(stdout) on success, Err(everything) otherwise.
+fn run_tool(mut command: Command) -> Result<String, String> {
+    let description = format!("{command:?}");
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|error| format!("cannot run {description}: {error}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{description} failed ({}):\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// Runs a command that must succeed; panics with its output otherwise. Returns stdout.
+pub fn run(command: &mut Command) -> String {
+    let description = format!("{command:?}");
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {description}: {error}"));
+    assert!(
+        output.status.success(),
+        "{description} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scratch space
+
+/// A directory for one test's files under `target/qemu-test/scratch`, removed on drop.
+pub struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = work_dir()
+            .join("scratch")
+            .join(format!("{name}-{}-{unique}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path)
+            .unwrap_or_else(|error| panic!("cannot create {}: {error}", path.display()));
+        Scratch { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Copies a disk image into the scratch directory (sparse, reflinked where possible), so a
+/// test can boot and modify it.
+pub fn fresh_copy(image: &Path, scratch: &Scratch, name: &str) -> PathBuf {
+    let copy = scratch.join(name);
+    run(Command::new("cp")
+        .args(["--sparse=always", "--reflink=auto"])
+        .arg(image)
+        .arg(&copy));
+    copy
+}
+
+/// Copies a directory tree (e.g. the demo root) so a test can change it before making an image.
+pub fn copy_tree(source: &Path, destination: &Path) {
+    run(Command::new("cp").arg("-a").arg(source).arg(destination));
+}
+
+/// Writes a file, creating its parent directories.
+pub fn write_file(path: &Path, contents: impl AsRef<[u8]>, mode: u32) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(path, contents).unwrap_or_else(|error| panic!("write {}: {error}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Booting
+
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub readonly: bool,
+    pub serial: Option<String>,
+}
+
+impl Disk {
+    pub fn rw(path: impl Into<PathBuf>) -> Disk {
+        Disk {
+            path: path.into(),
+            readonly: false,
+            serial: None,
+        }
+    }
+
+    pub fn ro(path: impl Into<PathBuf>) -> Disk {
+        Disk {
+            path: path.into(),
+            readonly: true,
+            serial: None,
+        }
+    }
+
+    fn spec(&self) -> String {
+        let mut spec = self.path.display().to_string();
+        if self.readonly {
+            spec.push_str(",ro");
+        }
+        if let Some(serial) = &self.serial {
+            spec.push_str(&format!(",serial={serial}"));
+        }
+        spec
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub enum Initrd {
+    /// overlay-init's initramfs from [`artifacts`].
+    #[default]
+    Default,
+    Path(PathBuf),
+    /// Boot without an initramfs (router mode).
+    None,
+}
+
+/// Something the harness does once the console has printed `after`.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub after: String,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Bytes typed on the serial console.
+    Console(Vec<u8>),
+    /// A QEMU human monitor command (needs `BootSpec::monitor`), e.g.
+    /// `drive_add 0 if=none,id=late,format=raw,file=/path` then
+    /// `device_add virtio-blk-pci,drive=late`.
+    Monitor(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct BootSpec {
+    /// Kernel parameters after `console=ttyS0 panic=-1`.
+    pub append: String,
+    /// vda, vdb, ... in order.
+    pub disks: Vec<Disk>,
+    /// Hard bound for the whole boot (scaled by `OVL_QEMU_TIMEOUT_SCALE`).
+    pub timeout: Duration,
+    pub initrd: Initrd,
+    /// Default: the cached Debian kernel.
+    pub kernel: Option<PathBuf>,
+    /// A unix socket path for the QEMU monitor.
+    pub monitor: Option<PathBuf>,
+    pub triggers: Vec<Trigger>,
+    /// Adds `quiet` to the kernel command line.
+    pub quiet: bool,
+}
+
+impl Default for BootSpec {
+    fn default() -> BootSpec {
+        BootSpec {
+            append: String::new(),
+            disks: Vec::new(),
+            timeout: BOOT_TIMEOUT,
+            initrd: Initrd::Default,
+            kernel: None,
+            monitor: None,
+            triggers: Vec::new(),
+            quiet: false,
+        }
+    }
+}
+
+/// How a boot ended (the exit status of `qemu/run`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The guest powered off ("reboot: Power down").
+    PowerOff,
+    /// The kernel panicked.
+    Panic,
+    /// The guest rebooted (QEMU runs with -no-reboot, so the run ends).
+    Reboot,
+    /// `qemu/run --timeout` fired.
+    Timeout,
+    /// qemu/run itself did not finish within the timeout plus a margin, and was killed.
+    HarnessTimeout,
+    Other(Option<i32>),
+}
+
+pub struct BootResult {
+    /// Everything the guest wrote to the serial console.
+    pub console: String,
+    /// qemu/run's own messages.
+    pub stderr: String,
+    pub exit: Exit,
+    pub elapsed: Duration,
+    /// The replies to `Action::Monitor` commands, in order.
+    pub monitor_replies: Vec<String>,
+}
+
+impl BootResult {
+    pub fn contains(&self, text: &str) -> bool {
+        self.console.contains(text)
+    }
+
+    /// The rest of every console line that contains `prefix`, after it.
+    pub fn values(&self, prefix: &str) -> Vec<&str> {
+        self.console
+            .lines()
+            .filter_map(|line| {
+                line.find(prefix)
+                    .map(|at| line[at + prefix.len()..].trim_end())
+            })
+            .collect()
+    }
+
+    /// The test command's exit status printed by /sbin/test-init.
+    pub fn test_exit(&self) -> Option<i32> {
+        self.values("OVLTEST: exit=")
+            .first()
+            .and_then(|value| value.parse().ok())
+    }
+}
+
+impl fmt::Debug for BootResult {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            formatter,
+            "boot ended with {:?} after {:.1?}\n--- console ---\n{}\n--- qemu/run stderr ---\n{}",
+            self.exit, self.elapsed, self.console, self.stderr
+        )
+    }
+}
+
+#[track_caller]
+pub fn assert_marker(result: &BootResult, marker: &str) {
+    assert!(
+        result.contains(marker),
+        "console lacks {marker:?}\n{result:?}"
+    );
+}
+
+#[track_caller]
+pub fn assert_no_marker(result: &BootResult, marker: &str) {
+    assert!(
+        !result.contains(marker),
+        "console has {marker:?}\n{result:?}"
+    );
+}
+
+#[track_caller]
+pub fn assert_exit(result: &BootResult, expected: Exit) {
+    assert_eq!(result.exit, expected, "unexpected end of boot\n{result:?}");
+}
+
+/// A boot of the test root: the command runs as the real init's job (see `/sbin/test-init`),
+/// and the guest must power off cleanly with the command exiting 0.
+#[track_caller]
+pub fn assert_test_passed(result: &BootResult) {
+    assert_marker(result, "OVLTEST: pid=");
+    assert_eq!(
+        result.test_exit(),
+        Some(0),
+        "the test command failed\n{result:?}"
+    );
+    assert_exit(result, Exit::PowerOff);
+}
+
+/// `init=/sbin/test-init -- "SCRIPT"` for the kernel command line. The kernel strips the quotes;
+/// the script must not contain a double quote, and the whole command line stays under 2 KiB.
+pub fn test_init_args(script: &str) -> String {
+    assert!(
+        !script.contains('"'),
+        "a double quote cannot pass the kernel command line: {script}"
+    );
+    format!("init=/sbin/test-init -- \"{script}\"")
+}
+
+fn timeout_scale() -> f64 {
+    std::env::var("OVL_QEMU_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|value| value.parse::<f64>().ok())
+        .filter(|scale| *scale > 0.0)
+        .unwrap_or(1.0)
+}
+
+/// At most `OVL_QEMU_JOBS` (default 2) guests run at once in this process.
+struct Slots {
+    busy: Mutex<usize>,
+    freed: Condvar,
+}
+
+struct SlotGuard(&'static Slots);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        *self.0.busy.lock().unwrap() -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
+fn take_slot() -> SlotGuard {
+    static SLOTS: Slots = Slots {
+        busy: Mutex::new(0),
+        freed: Condvar::new(),
+    };
+    let limit = std::env::var("OVL_QEMU_JOBS")
+        .ok()
+        .and_then(|value| value.parse::<usize>().ok())
+        .filter(|jobs| *jobs > 0)
+        .unwrap_or(2);
+    let mut busy = SLOTS.busy.lock().unwrap();
+    while *busy >= limit {
+        busy = SLOTS.freed.wait(busy).unwrap();
+    }
+    *busy += 1;
+    SlotGuard(&SLOTS)
+}
+
+/// Kills qemu/run and QEMU (its own process group) if the harness gives up on them.
+struct GroupGuard {
+    child: Child,
+}
+
+impl GroupGuard {
+    fn kill(&mut self) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Boots QEMU headless via `qemu/run` and returns the console and how the boot ended.
+pub fn boot(spec: &BootSpec) -> BootResult {
+    let timeout = spec.timeout.mul_f64(timeout_scale());
+    let mut command = Command::new(repo_dir().join("qemu/run"));
+    command
+        .arg("--headless")
+        .arg("--timeout")
+        .arg(format!("{:.1}", timeout.as_secs_f64()));
+    match &spec.kernel {
+        Some(path) => command.arg("--kernel").arg(path),
+        None => command.arg("--kernel").arg(&kernel().vmlinuz),
+    };
+    match &spec.initrd {
+        Initrd::Default => command.arg("--initrd").arg(&artifacts().initramfs),
+        Initrd::Path(path) => command.arg("--initrd").arg(path),
+        Initrd::None => command.arg("--no-initrd"),
+    };
+    for disk in &spec.disks {
+        command.arg("--disk").arg(disk.spec());
+    }
+    if !spec.append.is_empty() {
+        command.arg("--append").arg(&spec.append);
+    }
+    if spec.quiet {
+        command.arg("--quiet");
+    }
+    if let Some(socket) = &spec.monitor {
+        let _ = fs::remove_file(socket);
+        command.arg("--monitor").arg(socket);
+    }
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+
+    let _slot = take_slot();
+    let started = Instant::now();
+    let child = command
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot run qemu/run: {error}"));
+    let mut guard = GroupGuard { child };
+    let mut stdin = guard.child.stdin.take();
+    let stdout = guard.child.stdout.take().unwrap();
+    let stderr = guard.child.stderr.take().unwrap();
+    let stderr_reader = thread::spawn(move || read_all(stderr));
+    let (chunks, chunk_receiver) = mpsc::channel::<Vec<u8>>();
+    let stdout_reader = thread::spawn(move || {
+        let mut stdout = stdout;
+        let mut buffer = [0u8; 4096];
+        while let Ok(count) = stdout.read(&mut buffer) {
+            if count == 0 || chunks.send(buffer[..count].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+
+    // qemu/run enforces the timeout; the margin covers its start-up and QEMU's kill.
+    let deadline = started + timeout + Duration::from_secs(20);
+    let mut console = Vec::new();
+    let mut pending: Vec<&Trigger> = spec.triggers.iter().collect();
+    let mut monitor_replies = Vec::new();
+    let mut harness_timeout = false;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            harness_timeout = true;
+            guard.kill();
+            break;
+        }
+        match chunk_receiver.recv_timeout(deadline - now) {
+            Ok(chunk) => console.extend_from_slice(&chunk),
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        let text = String::from_utf8_lossy(&console);
+        let mut fired = Vec::new();
+        for (index, trigger) in pending.iter().enumerate() {
+            if !text.contains(&trigger.after) {
+                continue;
+            }
+            fired.push(index);
+            match &trigger.action {
+                Action::Console(bytes) => {
+                    if let Some(input) = stdin.as_mut() {
+                        let _ = input.write_all(bytes).and_then(|()| input.flush());
+                    }
+                }
+                Action::Monitor(line) => {
+                    let socket = spec
+                        .monitor
+                        .as_ref()
+                        .expect("Action::Monitor needs BootSpec::monitor");
+                    monitor_replies.push(
+                        monitor_command(socket, line)
+                            .unwrap_or_else(|error| format!("monitor error: {error}")),
+                    );
+                }
+            }
+        }
+        for index in fired.into_iter().rev() {
+            pending.remove(index);
+        }
+    }
+    drop(stdin);
+    let status = guard.child.wait().expect("wait for qemu/run");
+    let _ = stdout_reader.join();
+    while let Ok(chunk) = chunk_receiver.try_recv() {
+        console.extend_from_slice(&chunk);
+    }
+    let exit = if harness_timeout {
+        Exit::HarnessTimeout
+    } else {
+        match status.code() {
+            Some(0) => Exit::PowerOff,
+            Some(1) => Exit::Panic,
+            Some(3) => Exit::Reboot,
+            Some(124) => Exit::Timeout,
+            code => Exit::Other(code),
+        }
+    };
+    BootResult {
+        console: String::from_utf8_lossy(&console).into_owned(),
+        stderr: stderr_reader.join().unwrap_or_default(),
+        exit,
+        elapsed: started.elapsed(),
+        monitor_replies,
+    }
+}
+
+fn read_all(mut reader: impl Read) -> String {
+    let mut bytes = Vec::new();
+    let _ = reader.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Sends one command to a QEMU human monitor socket and returns its reply.
+pub fn monitor_command(socket: &Path, command: &str) -> std::io::Result<String> {
+    const PROMPT: &str = "(qemu) ";
+    fn read_until_prompt(stream: &mut UnixStream) -> std::io::Result<String> {
+        let mut reply = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while !String::from_utf8_lossy(&reply).ends_with(PROMPT) {
+            let count = stream.read(&mut buffer)?;
+            if count == 0 {
+                break;
+            }
+            reply.extend_from_slice(&buffer[..count]);
+        }
+        Ok(String::from_utf8_lossy(&reply).into_owned())
+    }
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    read_until_prompt(&mut stream)?; // the banner
+    stream.write_all(format!("{command}\n").as_bytes())?;
+    let reply = read_until_prompt(&mut stream)?;
+    // The monitor echoes the command with terminal escapes; keep the lines after it.
+    let lines: Vec<&str> = reply
+        .lines()
+        .skip(1)
+        .filter(|line| !line.starts_with(PROMPT))
+        .collect();
+    Ok(lines.join("\n"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// A busybox initramfs
+
+/// A shell initramfs: busybox at `/bin/busybox` (+ `/bin/sh`), the named kernel modules at
+/// `/lib/modules/NAME.ko` with their load order in `/lib/modules/order`, extra files, and
+/// `/init` = `#!/bin/busybox sh` + `init_script` (PATH=/bin, every applet via `busybox`).
+#[derive(Debug, Clone, Default)]
+pub struct BusyboxInitramfs {
+    pub init_script: String,
+    pub modules: Vec<String>,
+    /// (source, absolute destination)
+    pub files: Vec<(PathBuf, String)>,
+}
+
+/// Shell that loads `/lib/modules/order` in order (for `BusyboxInitramfs::init_script`).
+pub const INSMOD_ALL: &str =
+    "for m in $(busybox cat /lib/modules/order); do busybox insmod /lib/modules/$m.ko || echo \"insmod $m failed\"; done\n";
+
+impl BusyboxInitramfs {
+    /// Writes an uncompressed newc cpio (the kernel takes it as is).
+    pub fn build(&self, out: &Path) {
+        let scratch = Scratch::new("initramfs");
+        let root = scratch.join("root");
+        for dir in ["bin", "dev", "proc", "sys", "run", "newroot", "lib/modules"] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        fs::copy(busybox(), root.join("bin/busybox")).unwrap();
+        std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+        run(Command::new("mknod")
+            .arg(root.join("dev/console"))
+            .args(["c", "5", "1"]));
+        let index = module_index();
+        for name in &self.modules {
+            let source = index
+                .get(&name.replace('-', "_"))
+                .unwrap_or_else(|| panic!("no module {name} in {}", kernel().modules.display()));
+            fs::copy(source, root.join(format!("lib/modules/{name}.ko"))).unwrap();
+        }
+        write_file(
+            &root.join("lib/modules/order"),
+            self.modules.join("\n") + "\n",
+            0o644,
+        );
+        for (source, destination) in &self.files {
+            let target = root.join(destination.trim_start_matches('/'));
+            fs::create_dir_all(target.parent().unwrap()).unwrap();
+            fs::copy(source, &target)
+                .unwrap_or_else(|error| panic!("copy {} to initramfs: {error}", source.display()));
+        }
+        let init = format!("#!/bin/busybox sh\nexport PATH=/bin\n{}", self.init_script);
+        write_file(&root.join("init"), init, 0o755);
+        let list = run(Command::new("find").arg(".").current_dir(&root));
+        let mut sorted: Vec<&str> = list.lines().collect();
+        sorted.sort_unstable();
+        let mut cpio = Command::new("cpio")
+            .args(["-o", "-H", "newc", "--quiet", "--reproducible", "-O"])
+            .arg(out)
+            .current_dir(&root)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("run cpio");
+        cpio.stdin
+            .take()
+            .unwrap()
+            .write_all((sorted.join("\n") + "\n").as_bytes())
+            .unwrap();
+        assert!(
+            cpio.wait().unwrap().success(),
+            "cpio failed for {}",
+            out.display()
+        );
+    }
+}
+
+/// The host's static busybox.
+pub fn busybox() -> PathBuf {
+    for candidate in ["/usr/bin/busybox", "/bin/busybox", "/usr/sbin/busybox"] {
+        if Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    panic!("busybox is missing (Debian package: busybox-static)");
+}
+
+/// Module name (with `_`) -> `.ko` path in the cached kernel's tree.
+fn module_index() -> &'static HashMap<String, PathBuf> {
+    static INDEX: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        let list = run(Command::new("find")
+            .arg(&kernel().modules)
+            .args(["-name", "*.ko"]));
+        list.lines()
+            .map(|line| {
+                let path = PathBuf::from(line);
+                let name = path
+                    .file_stem()
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('-', "_");
+                (name, path)
+            })
+            .collect()
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Images
+
+pub fn make_squashfs(dir: &Path, out: &Path) {
+    let _ = fs::remove_file(out);
+    run(Command::new("mksquashfs").arg(dir).arg(out).args([
+        "-noappend",
+        "-quiet",
+        "-no-progress",
+        "-all-root",
+        "-mkfs-time",
+        "0",
+        "-all-time",
+        "0",
+    ]));
+}
+
+pub fn make_erofs(dir: &Path, out: &Path) {
+    let _ = fs::remove_file(out);
+    run(Command::new("mkfs.erofs")
+        .args(["--quiet", "--all-root", "-T", "0"])
+        .arg(out)
+        .arg(dir));
+}
+
+/// An ext4 image of `size_mib` MiB, filled from `from` when given; `extra` goes to mkfs.ext4
+/// (e.g. `["-L", "overlay", "-U", UUID]`).
+pub fn make_ext4(out: &Path, size_mib: u64, from: Option<&Path>, extra: &[&str]) {
+    let _ = fs::remove_file(out);
+    fs::File::create(out)
+        .unwrap()
+        .set_len(size_mib << 20)
+        .unwrap();
+    let mut command = Command::new("mkfs.ext4");
+    command
+        .args(["-q", "-F", "-E", "root_owner=0:0"])
+        .args(extra);
+    if let Some(dir) = from {
+        command.arg("-d").arg(dir);
+    }
+    run(command.arg(out));
+}
+
+#[derive(Debug, Clone)]
+pub struct GptPartition {
+    /// The partition name (PARTLABEL).
+    pub name: String,
+    pub size_mib: u64,
+    /// sgdisk type code; 8300 = Linux filesystem.
+    pub type_code: String,
+    /// Fixed PARTUUID, or random.
+    pub guid: Option<String>,
+    /// Written at the start of the partition (must fit).
+    pub image: Option<PathBuf>,
+}
+
+impl GptPartition {
+    pub fn new(name: &str, size_mib: u64, image: Option<&Path>) -> GptPartition {
+        GptPartition {
+            name: name.into(),
+            size_mib,
+            type_code: "8300".into(),
+            guid: None,
+            image: image.map(Path::to_path_buf),
+        }
+    }
+}
+
+/// Where a partition sits in a disk image, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// A GPT disk with the partitions in order (1 MiB aligned), their images copied in.
+pub fn make_gpt_disk(out: &Path, partitions: &[GptPartition]) -> Vec<Extent> {
+    const MIB: u64 = 1 << 20;
+    let total_mib = 2 + partitions.iter().map(|part| part.size_mib).sum::<u64>();
+    let _ = fs::remove_file(out);
+    fs::File::create(out)
+        .unwrap()
+        .set_len(total_mib * MIB)
+        .unwrap();
+    let mut command = Command::new("sgdisk");
+    command.arg("--clear");
+    let mut extents = Vec::new();
+    let mut start_mib = 1;
+    for (index, part) in partitions.iter().enumerate() {
+        let number = index + 1;
+        let first = start_mib * MIB / 512;
+        let last = (start_mib + part.size_mib) * MIB / 512 - 1;
+        command
+            .arg(format!("--new={number}:{first}:{last}"))
+            .arg(format!("--change-name={number}:{}", part.name))
+            .arg(format!("--typecode={number}:{}", part.type_code));
+        if let Some(guid) = &part.guid {
+            command.arg(format!("--partition-guid={number}:{guid}"));
+        }
+        extents.push(Extent {
+            offset: start_mib * MIB,
+            len: part.size_mib * MIB,
+        });
+        start_mib += part.size_mib;
+    }
+    run(command.arg(out));
+    for (part, extent) in partitions.iter().zip(&extents) {
+        if let Some(image) = &part.image {
+            let bytes = fs::read(image).unwrap();
+            assert!(
+                bytes.len() as u64 <= extent.len,
+                "{} does not fit in {}",
+                image.display(),
+                part.name
+            );
+            let mut disk = fs::OpenOptions::new().write(true).open(out).unwrap();
+            std::io::Seek::seek(&mut disk, std::io::SeekFrom::Start(extent.offset)).unwrap();
+            disk.write_all(&bytes).unwrap();
+        }
+    }
+    extents
+}
+
+/// Copies a byte range of a disk (a partition) into its own image file.
+pub fn extract(disk: &Path, extent: Extent, out: &Path) {
+    let mut source = fs::File::open(disk).unwrap();
+    std::io::Seek::seek(&mut source, std::io::SeekFrom::Start(extent.offset)).unwrap();
+    let mut destination = fs::File::create(out).unwrap();
+    let copied = std::io::copy(&mut source.take(extent.len), &mut destination).unwrap();
+    assert_eq!(copied, extent.len, "short read from {}", disk.display());
+}
+
+/// A copy of an ext4 image with its journal replayed (a guest that powered off without
+/// unmounting leaves committed changes in the journal), in `scratch`.
+fn replayed_copy(image: &Path, scratch: &Scratch) -> PathBuf {
+    let copy = fresh_copy(image, scratch, "replayed.ext4");
+    let output = Command::new("e2fsck")
+        .args(["-y", "-E", "journal_only"])
+        .arg(&copy)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run e2fsck");
+    // 0: clean, 1: errors corrected (the journal was replayed).
+    assert!(
+        matches!(output.status.code(), Some(0 | 1)),
+        "e2fsck -E journal_only {} failed: {}{}",
+        image.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    copy
+}
+
+/// Reads a file out of an ext4 image without mounting it (debugfs); None when it is absent.
+/// The image is not modified.
+pub fn ext4_read_file(image: &Path, path: &str) -> Option<Vec<u8>> {
+    let scratch = Scratch::new("debugfs");
+    let copy = replayed_copy(image, &scratch);
+    let output = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(&copy)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run debugfs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("not found") {
+        return None;
+    }
+    assert!(
+        output.status.success(),
+        "debugfs cat {path} failed: {stderr}"
+    );
+    Some(output.stdout)
+}
+
+/// The names in a directory of an ext4 image (without `.` and `..`); None when it is absent.
+pub fn ext4_list_dir(image: &Path, dir: &str) -> Option<Vec<String>> {
+    let scratch = Scratch::new("debugfs");
+    let copy = replayed_copy(image, &scratch);
+    let output = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("ls -p {dir}"))
+        .arg(&copy)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run debugfs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("not found") {
+        return None;
+    }
+    // ls -p: /inode/mode/uid/gid/name/size/
+    let names = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split('/').nth(5).map(str::to_owned))
+        .filter(|name| !name.is_empty() && name != "." && name != "..")
+        .collect();
+    Some(names)
+}
+
+/// Runs a shell script with `$MNT` = a copy of `image` loop-mounted read-only, in a private
+/// mount namespace (`unshare -m`): nothing stays mounted or attached when it returns, and
+/// the image itself is not modified. Returns the script's output.
+pub fn with_mounted_copy(image: &Path, fstype: &str, script: &str) -> Output {
+    let scratch = Scratch::new("mounted");
+    let copy = if fstype == "ext4" {
+        replayed_copy(image, &scratch)
+    } else {
+        fresh_copy(image, &scratch, "image")
+    };
+    let mountpoint = scratch.join("mnt");
+    fs::create_dir_all(&mountpoint).unwrap();
+    let wrapper = format!(
+        "set -e; mount -t {fstype} -o ro,loop \"$IMAGE\" \"$MNT\"; cd \"$MNT\"; set +e\n{script}\n"
+    );
+    Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            &wrapper,
+        ])
+        .env("IMAGE", &copy)
+        .env("MNT", &mountpoint)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run unshare")
+}
+
+/// Reads a file from a read-only mounted copy of an image (any filesystem the host mounts).
+pub fn read_mounted(image: &Path, fstype: &str, path: &str) -> Option<Vec<u8>> {
+    let output = with_mounted_copy(
+        image,
+        fstype,
+        &format!("cat -- \"$MNT/{}\"", path.trim_start_matches('/')),
+    );
+    output.status.success().then_some(output.stdout)
+}
