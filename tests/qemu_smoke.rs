@@ -81,3 +81,53 @@ fn init_that_exits_is_reported_as_a_kernel_panic() {
     assert_marker(&result, "Attempted to kill init");
     assert_exit(&result, Exit::Panic);
 }
+
+/// The demo root and its /sbin/test-init, booted through a busybox stand-in for overlay-init:
+/// arguments after "--" reach the test command, markers are printed, the write lands on the
+/// upper disk, and the harness reads it back out of the ext4 image.
+#[test]
+fn demo_root_runs_test_init_through_a_busybox_overlay() {
+    let demo = demo();
+    let scratch = Scratch::new("smoke-demo");
+    let upper = fresh_copy(&demo.upper_ext4, &scratch, "upper.ext4");
+    let initramfs = scratch.join("initramfs.cpio");
+    let mut modules: Vec<String> = VIRTIO_BLK_MODULES
+        .iter()
+        .map(|name| name.to_string())
+        .collect();
+    modules.extend(["squashfs".into(), "overlay".into()]);
+    BusyboxInitramfs {
+        init_script: BUSYBOX_OVERLAY_INIT.into(),
+        modules,
+        ..Default::default()
+    }
+    .build(&initramfs);
+
+    let script = "echo persisted > /data; grep -q '^overlay / overlay' /proc/mounts && \
+                  grep -q ' /rom squashfs ' /proc/mounts && cat /etc/demo-release";
+    let result = boot(&BootSpec {
+        initrd: Initrd::Path(initramfs),
+        disks: vec![Disk::ro(&demo.root_sqsh), Disk::rw(&upper)],
+        append: test_init_args(script),
+        ..Default::default()
+    });
+
+    assert_marker(&result, &format!("OVLTEST: pid=1 args={script}"));
+    assert_marker(&result, "overlay-init demo root");
+    assert_test_passed(&result);
+    assert_eq!(
+        ext4_read_file(&upper, "/upper/data").as_deref(),
+        Some(&b"persisted\n"[..]),
+        "{result:?}"
+    );
+    assert_eq!(
+        ext4_list_dir(&upper, "/upper"),
+        Some(vec!["data".to_string()])
+    );
+    assert_eq!(
+        read_mounted(&upper, "ext4", "/upper/data").as_deref(),
+        Some(&b"persisted\n"[..])
+    );
+    // The lower is untouched.
+    assert_eq!(read_mounted(&demo.root_sqsh, "squashfs", "/data"), None);
+}

@@ -137,6 +137,40 @@ pub fn artifacts() -> &'static Artifacts {
     }
 }
 
+/// The demo disks alone (`qemu/build-demo`, no overlay-init inside), built once per process
+/// into `target/qemu-test/busybox-demo`: for tests that must not depend on the init.
+#[derive(Debug, Clone)]
+pub struct Demo {
+    pub dir: PathBuf,
+    pub root_dir: PathBuf,
+    pub root_sqsh: PathBuf,
+    pub root_erofs: PathBuf,
+    pub root_ext4: PathBuf,
+    pub upper_ext4: PathBuf,
+}
+
+pub fn demo() -> &'static Demo {
+    static DEMO: OnceLock<Result<Demo, String>> = OnceLock::new();
+    let result = DEMO.get_or_init(|| {
+        let dir = work_dir().join("busybox-demo");
+        let mut command = Command::new(repo_dir().join("qemu/build-demo"));
+        command.arg(&dir);
+        run_tool(command)?;
+        Ok(Demo {
+            root_dir: dir.join("root"),
+            root_sqsh: dir.join("root.sqsh"),
+            root_erofs: dir.join("root.erofs"),
+            root_ext4: dir.join("root.ext4"),
+            upper_ext4: dir.join("upper.ext4"),
+            dir,
+        })
+    });
+    match result {
+        Ok(demo) => demo,
+        Err(message) => panic!("qemu/build-demo failed:\n{message}"),
+    }
+}
+
 /// Runs a tool to completion; Ok(stdout) on success, Err(everything) otherwise.
 fn run_tool(mut command: Command) -> Result<String, String> {
     let description = format!("{command:?}");
@@ -682,6 +716,23 @@ pub struct BusyboxInitramfs {
 /// Shell that loads `/lib/modules/order` in order (for `BusyboxInitramfs::init_script`).
 pub const INSMOD_ALL: &str =
     "for m in $(busybox cat /lib/modules/order); do busybox insmod /lib/modules/$m.ko || echo \"insmod $m failed\"; done\n";
+
+/// `init_script` of a busybox stand-in for overlay-init, the usual shell way: squashfs lower on
+/// /dev/vda, ext4 upper on /dev/vdb, overlay, /rom and /overlay moved in, switch_root into
+/// `$INIT` (default /sbin/test-init) with the kernel's init arguments. Needs the modules
+/// `VIRTIO_BLK_MODULES` + squashfs + overlay in that order.
+pub const BUSYBOX_OVERLAY_INIT: &str = r#"busybox mount -t proc proc /proc
+busybox mount -t sysfs sysfs /sys
+busybox mount -t devtmpfs devtmpfs /dev
+for m in $(busybox cat /lib/modules/order); do busybox insmod /lib/modules/$m.ko || echo "insmod $m failed"; done
+busybox mkdir -p /lower /upper /newroot
+busybox mount -t squashfs -o ro /dev/vda /lower || echo "STANDIN: lower mount failed"
+busybox mount -t ext4 /dev/vdb /upper || echo "STANDIN: upper mount failed"
+busybox mkdir -p /upper/upper /upper/work
+busybox mount -t overlay overlay -o lowerdir=/lower,upperdir=/upper/upper,workdir=/upper/work /newroot
+for m in lower:rom upper:overlay dev:dev proc:proc sys:sys; do busybox mount --move /${m%:*} /newroot/${m#*:}; done
+exec busybox switch_root /newroot ${INIT:-/sbin/test-init} "$@"
+"#;
 
 impl BusyboxInitramfs {
     /// Writes an uncompressed newc cpio (the kernel takes it as is).
