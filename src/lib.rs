@@ -4,13 +4,19 @@
 //! Pure core, thin shell: everything outside `sys` is plain data and logic that
 //! unit tests can reach; only `sys` talks to the kernel.
 
+pub mod boot;
+pub mod cli;
 pub mod cmdline;
 pub mod devices;
 pub mod devspec;
+pub mod fail;
 pub mod fstype;
 pub mod initramfs;
+pub mod logger;
 pub mod modindex;
+pub mod overlay;
 pub mod probe;
 pub mod reset;
+pub mod switch;
 pub mod sys;
 pub mod uevent;

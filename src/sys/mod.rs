@@ -1,7 +1,12 @@
 //! The only place that talks to the kernel. Every `unsafe` block lives here,
 //! each with a SAFETY note.
-pub mod loopdev;
-pub mod uevent;
 pub mod blockdev;
-pub mod wipe;
+pub mod io;
+pub mod kmsg;
+pub mod loopdev;
 pub mod modules;
+pub mod mount;
+pub mod power;
+pub mod switch;
+pub mod uevent;
+pub mod wipe;

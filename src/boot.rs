@@ -1,0 +1,472 @@
+//! PID 1 in an initramfs: the boot, as a list of named steps. Every error carries
+//! the step's name to the failure handler; every step's duration is logged.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rustix::mount::MountFlags;
+
+use crate::cmdline::{self, Config, LowerSpec, RootWait, UpperSpec};
+use crate::devspec::DeviceSpec;
+use crate::fstype::FsType;
+use crate::overlay::{self, Staging};
+use crate::sys;
+use crate::sys::mount::{ensure_dir, mount_fs, move_mount};
+
+/// Where the new root is assembled inside the initramfs.
+pub const STAGING_DIR: &str = "/.ovl";
+/// Default bound on waiting for devices when neither `rootwait` nor `ovl.timeout` says.
+pub const DEFAULT_DEVICE_TIMEOUT: u32 = 30;
+
+/// A failed step: its name and the error.
+#[derive(Debug)]
+pub struct StepError {
+    pub step: &'static str,
+    pub error: anyhow::Error,
+}
+
+/// The boot's timeline: each step's name and duration.
+#[derive(Debug, Default)]
+pub struct Timeline {
+    pub steps: Vec<(&'static str, Duration)>,
+}
+
+impl Timeline {
+    /// Run one named step, recording its duration; an error carries the name.
+    pub fn step<T>(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce() -> Result<T>,
+    ) -> std::result::Result<T, StepError> {
+        let start = Instant::now();
+        let result = f();
+        let took = start.elapsed();
+        self.steps.push((name, took));
+        log::debug!("step {name}: {:.1} ms", took.as_secs_f64() * 1e3);
+        result.map_err(|error| StepError { step: name, error })
+    }
+
+    /// `name=1.2ms name=3.4ms ...`, the one-line summary.
+    pub fn summary(&self) -> String {
+        self.steps
+            .iter()
+            .map(|(name, d)| format!("{}={:.1}ms", name.replace(' ', "-"), d.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// The API filesystems PID 1 mounts first, in order.
+pub const API_MOUNTS: &[(&str, &str, &str, &str)] = &[
+    // (source, target, fstype, data)
+    ("proc", "/proc", "proc", ""),
+    ("sysfs", "/sys", "sysfs", ""),
+    ("devtmpfs", "/dev", "devtmpfs", "mode=0755"),
+    ("tmpfs", "/run", "tmpfs", "mode=0755,nodev,nosuid"),
+];
+
+/// Mount /proc, /sys, /dev and /run (an already-mounted one is left alone).
+pub fn mount_api_filesystems() -> Result<()> {
+    for (source, target, fstype, data) in API_MOUNTS {
+        let target = Path::new(target);
+        if sys::mount::is_mountpoint(target) {
+            continue;
+        }
+        let flags = match *fstype {
+            "proc" | "sysfs" => MountFlags::NODEV | MountFlags::NOEXEC | MountFlags::NOSUID,
+            "devtmpfs" => MountFlags::NOSUID,
+            _ => MountFlags::NODEV | MountFlags::NOSUID,
+        };
+        mount_fs(source, target, fstype, flags, data)?;
+    }
+    Ok(())
+}
+
+/// The entry point when running as PID 1 from an initramfs. Never returns.
+pub fn run_pid1() -> ! {
+    let started = Instant::now();
+    crate::logger::init_pid1(false);
+    crate::fail::install_panic_hook(None);
+    let mut timeline = Timeline::default();
+    if let Err(e) = timeline.step("api mounts", mount_api_filesystems) {
+        crate::fail::fatal(e.step, &e.error, None);
+    }
+    crate::logger::attach_kmsg();
+    let kmsg_ratelimit = sys::kmsg::lift_ratelimit();
+    let uptime_start = sys::kmsg::uptime();
+
+    let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let parsed = cmdline::parse(cmdline_text.trim_end());
+    crate::logger::set_debug(parsed.config.debug);
+    crate::fail::install_panic_hook(parsed.config.onfail);
+    for problem in &parsed.problems {
+        if problem.fatal {
+            log::error!("{problem}");
+        } else {
+            log::warn!("{problem}");
+        }
+    }
+    let config = parsed.config.clone();
+    if parsed.has_fatal() {
+        let names: Vec<_> = parsed
+            .problems
+            .iter()
+            .filter(|p| p.fatal)
+            .map(|p| p.to_string())
+            .collect();
+        let err = anyhow!("{}", names.join("; "));
+        crate::fail::fatal("command line", &err, config.onfail);
+    }
+    log::info!(
+        "starting (uptime {:.3} s): root={} upper={}",
+        uptime_start.unwrap_or_default(),
+        config
+            .root
+            .as_ref()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "(none)".into()),
+        match &config.upper {
+            UpperSpec::Tmpfs => "tmpfs".to_string(),
+            UpperSpec::Device(d) => d.to_string(),
+        }
+    );
+
+    let staging = Staging::new(STAGING_DIR);
+    match assemble(&config, &staging, &mut timeline) {
+        Ok(()) => {}
+        Err(e) => crate::fail::fatal(e.step, &e.error, config.onfail),
+    }
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let err = handover(
+        &config,
+        &staging,
+        &mut timeline,
+        started,
+        kmsg_ratelimit,
+        &args,
+    );
+    crate::fail::fatal(err.step, &err.error, config.onfail)
+}
+
+/// Everything up to a mounted, checked new root at `staging.root()`.
+pub fn assemble(
+    config: &Config,
+    staging: &Staging,
+    timeline: &mut Timeline,
+) -> std::result::Result<(), StepError> {
+    timeline.step("modules", || {
+        let index = Path::new(crate::modindex::INDEX_PATH);
+        if index.exists() {
+            let report = sys::modules::load_from_index(index, true)?;
+            log::debug!("{report:?}");
+        }
+        Ok(())
+    })?;
+    if let Some(delay) = config.rootdelay {
+        timeline.step("rootdelay", || {
+            log::info!("rootdelay={delay}: waiting {delay} s as asked");
+            std::thread::sleep(Duration::from_secs(delay.into()));
+            Ok(())
+        })?;
+    }
+    let root_spec = config.root.clone().ok_or_else(|| StepError {
+        step: "command line",
+        error: anyhow!("root= is missing: name the read-only lower device (root=/dev/NAME, LABEL=, UUID=, PARTUUID=, PARTLABEL=)"),
+    })?;
+    let lower_devices: Vec<DeviceSpec> = config
+        .lowers
+        .iter()
+        .filter_map(|l| match l {
+            LowerSpec::Device(d) => Some(d.clone()),
+            LowerSpec::File(_) => None,
+        })
+        .collect();
+    let upper_device = match &config.upper {
+        UpperSpec::Device(d) => Some(d.clone()),
+        UpperSpec::Tmpfs => None,
+    };
+    let devices = timeline.step("device wait", || {
+        find_devices(config, &root_spec, upper_device.as_ref(), &lower_devices)
+    })?;
+
+    timeline.step("lower", || {
+        mount_lower(
+            &devices.root,
+            config.rootfstype,
+            config.rootflags.as_deref(),
+            &staging.rom(),
+        )
+    })?;
+    let mut lowers = vec![staging.rom()];
+    timeline.step("extra lowers", || {
+        let mut device_iter = devices.lowers.iter();
+        for (n, spec) in config.lowers.iter().enumerate() {
+            let target = staging.extra_lower(n);
+            match spec {
+                LowerSpec::Device(_) => {
+                    let dev = device_iter.next().context("internal: lower device count")?;
+                    mount_lower(dev, None, None, &target)?;
+                }
+                LowerSpec::File(path) => {
+                    bail!("ovl.lower={path}: image-file lowers are not supported yet");
+                }
+            }
+            lowers.push(target);
+        }
+        Ok(())
+    })?;
+
+    let upper_fs = staging.upper_fs();
+    timeline.step("upper", || {
+        match devices
+            .upper
+            .as_deref()
+            .map(|dev| mount_persistent_upper(dev, config.upperfstype, &upper_fs))
+        {
+            None => {
+                if config.reset {
+                    log::info!(
+                        "ovl.reset: the upper is a tmpfs, which starts empty; nothing to reset"
+                    );
+                }
+                overlay::mount_tmpfs_upper(&upper_fs, config.size)
+            }
+            Some(Ok(())) => Ok(()),
+            Some(Err(why)) => {
+                warn_box(
+                    "persistent upper not used, booting on a tmpfs upper",
+                    &[
+                        format!(
+                            "device: {}",
+                            devices
+                                .upper
+                                .as_ref()
+                                .map(|d| d.display().to_string())
+                                .unwrap_or_default()
+                        ),
+                        format!("reason: {why:#}"),
+                        "the device was left as it was; changes in this boot are lost at reboot"
+                            .into(),
+                    ],
+                );
+                overlay::mount_tmpfs_upper(&upper_fs, config.size)
+            }
+        }
+    })?;
+    let (upper, work) = timeline.step("upper dirs", || overlay::prepare_upper_dirs(&upper_fs))?;
+    timeline.step("overlay", || {
+        overlay::mount_overlay(&lowers, &upper, &work, &staging.root())
+    })?;
+    timeline.step("move layers", || overlay::move_layers_into_root(staging))?;
+    timeline.step("check init", || {
+        sys::switch::check_init(&staging.root(), &config.init)
+    })?;
+    Ok(())
+}
+
+/// Devices found for the command line's specs.
+#[derive(Debug)]
+pub struct FoundDevices {
+    pub root: PathBuf,
+    pub upper: Option<PathBuf>,
+    pub lowers: Vec<PathBuf>,
+}
+
+/// The deadline for the device wait: `rootwait` is unbounded, `rootwait=N` and
+/// `ovl.timeout=N` bound it (the shorter wins), else the default.
+pub fn device_deadline(config: &Config) -> Option<Duration> {
+    let secs = match (config.rootwait, config.timeout) {
+        (RootWait::Forever, None) => return None,
+        (RootWait::Forever, Some(t)) => t,
+        (RootWait::Secs(s), Some(t)) => s.min(t),
+        (RootWait::Secs(s), None) => s,
+        (RootWait::Default, Some(t)) => t,
+        (RootWait::Default, None) => DEFAULT_DEVICE_TIMEOUT,
+    };
+    Some(Duration::from_secs(secs.into()))
+}
+
+fn find_devices(
+    config: &Config,
+    root: &DeviceSpec,
+    upper: Option<&DeviceSpec>,
+    lowers: &[DeviceSpec],
+) -> Result<FoundDevices> {
+    let deadline = device_deadline(config).map(|d| Instant::now() + d);
+    let mut waiter =
+        sys::blockdev::DeviceWaiter::new().context("start watching for block devices")?;
+    let mut specs: Vec<&DeviceSpec> = vec![root];
+    specs.extend(lowers.iter());
+    let resolved = waiter.wait_for(&specs, deadline, |_| {})?;
+    let mut paths = resolved.into_iter().map(|r| r.dev_path);
+    let root = paths.next().context("internal: root device not resolved")?;
+    let lowers = paths.collect();
+    // A missing upper never blocks boot: it is waited for, then degraded to tmpfs.
+    let upper = match upper {
+        None => None,
+        Some(spec) => match waiter.wait_for(&[spec], deadline, |_| {}) {
+            Ok(mut r) => r.pop().map(|r| r.dev_path),
+            Err(e) => {
+                warn_box(
+                    "persistent upper not found, booting on a tmpfs upper",
+                    &[format!("ovl.upper={spec}"), format!("reason: {e:#}")],
+                );
+                None
+            }
+        },
+    };
+    Ok(FoundDevices {
+        root,
+        upper,
+        lowers,
+    })
+}
+
+/// Read the first bytes of a device and detect its filesystem.
+pub fn detect_fstype(dev: &Path) -> Result<FsType> {
+    let head = sys::io::read_head(dev, crate::probe::superblock::PROBE_BYTES)?;
+    match crate::probe::superblock::detect(&head) {
+        Ok(Some(info)) => info.fstype().ok_or_else(|| {
+            anyhow!(
+                "{} holds {:?}, which overlay-init cannot mount (accepted: squashfs, erofs, ext4)",
+                dev.display(),
+                info.kind
+            )
+        }),
+        Ok(None) => bail!(
+            "{} holds no filesystem overlay-init recognises (squashfs, erofs, ext4)",
+            dev.display()
+        ),
+        Err(e) => bail!("{}: {e}", dev.display()),
+    }
+}
+
+fn mount_lower(
+    dev: &Path,
+    fstype: Option<FsType>,
+    flags: Option<&str>,
+    target: &Path,
+) -> Result<()> {
+    let fstype = match fstype {
+        Some(t) => t,
+        None => detect_fstype(dev)?,
+    };
+    log::info!("lower: {} ({fstype}) read-only", dev.display());
+    overlay::mount_lower(dev, fstype, flags, target)
+}
+
+fn mount_persistent_upper(dev: &Path, fstype: Option<FsType>, target: &Path) -> Result<()> {
+    let detected = detect_fstype(dev).with_context(|| format!("probe upper {}", dev.display()))?;
+    if let Some(want) = fstype {
+        if want != detected {
+            bail!(
+                "ovl.upperfstype={want} but {} holds {detected}",
+                dev.display()
+            );
+        }
+    }
+    if !detected.can_be_upper() {
+        bail!(
+            "{} holds {detected}, which is read-only and cannot hold an upper",
+            dev.display()
+        );
+    }
+    overlay::mount_device_upper(dev, detected, target)?;
+    log::info!("upper: {} ({detected})", dev.display());
+    Ok(())
+}
+
+/// A warning that must not be missed: boxed on the console and logged.
+pub fn warn_box(title: &str, lines: &[String]) {
+    log::warn!("{title}: {}", lines.join("; "));
+    eprint!(
+        "{}",
+        crate::fail::boxed(&format!("WARNING: {title}"), lines)
+    );
+}
+
+/// Move the API filesystems into the new root, free the initramfs, switch root
+/// and exec the real init. Returns only on failure.
+fn handover(
+    config: &Config,
+    staging: &Staging,
+    timeline: &mut Timeline,
+    started: Instant,
+    kmsg_ratelimit: Option<String>,
+    args: &[OsString],
+) -> StepError {
+    let root = staging.root();
+    if let Err(e) = timeline.step("move api mounts", || {
+        for (_, target, _, _) in API_MOUNTS.iter().rev() {
+            let inside = root.join(target.trim_start_matches('/'));
+            ensure_dir(&inside)?;
+            move_mount(Path::new(target), &inside)?;
+        }
+        Ok(())
+    }) {
+        return e;
+    }
+    // From here the API filesystems live under the new root.
+    let freed = timeline.step("free initramfs", sys::switch::free_initramfs);
+    let freed = match freed {
+        Ok(stats) => stats,
+        Err(e) => return e,
+    };
+    if let Err(e) = timeline.step("switch root", || sys::switch::enter_new_root(&root)) {
+        return e;
+    }
+    let _ = sys::switch::reopen_console();
+    crate::logger::attach_kmsg();
+    log::info!(
+        "initramfs freed: {} entries removed, {} kept (mount points)",
+        freed.removed,
+        freed.kept
+    );
+    log::info!(
+        "handover to {} after {:.1} ms (uptime {:.3} s): {}",
+        config.init,
+        started.elapsed().as_secs_f64() * 1e3,
+        sys::kmsg::uptime().unwrap_or_default(),
+        timeline.summary()
+    );
+    log::debug!("peak memory: {}", sys::kmsg::vm_hwm().unwrap_or_default());
+    sys::kmsg::restore_ratelimit(kmsg_ratelimit);
+    let error = sys::switch::exec_init(&config.init, args);
+    StepError {
+        step: "exec init",
+        error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_rules() {
+        let mut c = Config::default();
+        assert_eq!(device_deadline(&c), Some(Duration::from_secs(30)));
+        c.rootwait = RootWait::Forever;
+        assert_eq!(device_deadline(&c), None);
+        c.timeout = Some(5);
+        assert_eq!(device_deadline(&c), Some(Duration::from_secs(5)));
+        c.rootwait = RootWait::Secs(3);
+        assert_eq!(device_deadline(&c), Some(Duration::from_secs(3)));
+        c.rootwait = RootWait::Default;
+        assert_eq!(device_deadline(&c), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn timeline_names_the_failing_step() {
+        let mut t = Timeline::default();
+        t.step("one", || Ok(())).unwrap();
+        let err = t
+            .step("two", || -> Result<()> { bail!("boom") })
+            .unwrap_err();
+        assert_eq!(err.step, "two");
+        assert_eq!(t.steps.len(), 2);
+        assert!(t.summary().starts_with("one="));
+    }
+}

@@ -1,0 +1,122 @@
+//! The command-line tool for the running system: `overlay-init status`, `reset`,
+//! `mark-good`. It works on the upper's filesystem, which the new root sees at
+//! `/overlay`.
+
+use std::path::PathBuf;
+
+/// Where the running system sees the upper's filesystem.
+pub const OVERLAY_DIR: &str = "/overlay";
+
+pub const USAGE: &str = "\
+usage: overlay-init COMMAND [--overlay DIR]
+
+commands:
+  status           show the upper, and whether a reset is pending
+  reset            ask for a factory reset at the next boot
+  reset --cancel   drop a pending reset request
+  mark-good        this boot worked: clear the boot-attempt counter
+  help             this text
+
+--overlay DIR      the upper's filesystem (default /overlay)
+";
+
+/// Parsed command line of the tool.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Status,
+    Reset { cancel: bool },
+    MarkGood,
+    Help,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Invocation {
+    pub command: Command,
+    pub overlay: PathBuf,
+}
+
+/// Parse the tool's arguments; `Err` is a message for the user.
+pub fn parse_args(args: &[String]) -> Result<Invocation, String> {
+    let mut overlay = PathBuf::from(OVERLAY_DIR);
+    let mut words = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--overlay" => {
+                overlay = iter.next().ok_or("--overlay needs a directory")?.into();
+            }
+            "-h" | "--help" => words.push("help"),
+            other => words.push(other),
+        }
+    }
+    let command = match words.as_slice() {
+        ["status"] => Command::Status,
+        ["reset"] => Command::Reset { cancel: false },
+        ["reset", "--cancel"] | ["--cancel", "reset"] => Command::Reset { cancel: true },
+        ["mark-good"] => Command::MarkGood,
+        ["help"] | [] => Command::Help,
+        _ => return Err(format!("unknown arguments: {}\n\n{USAGE}", args.join(" "))),
+    };
+    Ok(Invocation { command, overlay })
+}
+
+/// Run the tool; returns the exit code.
+pub fn run(args: &[String]) -> i32 {
+    crate::logger::init_cli(false);
+    let inv = match parse_args(args) {
+        Ok(inv) => inv,
+        Err(msg) => {
+            eprintln!("overlay-init: {msg}");
+            return 2;
+        }
+    };
+    match execute(&inv) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("overlay-init: {e:#}");
+            1
+        }
+    }
+}
+
+fn execute(inv: &Invocation) -> anyhow::Result<()> {
+    match inv.command {
+        Command::Help => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Command::Status | Command::Reset { .. } | Command::MarkGood => {
+            anyhow::bail!("{:?} is not available in this build yet", inv.command)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(
+            parse_args(&words("status")).unwrap().command,
+            Command::Status
+        );
+        assert_eq!(
+            parse_args(&words("reset --cancel")).unwrap().command,
+            Command::Reset { cancel: true }
+        );
+        let inv = parse_args(&words("reset --overlay /mnt/x")).unwrap();
+        assert_eq!(inv.command, Command::Reset { cancel: false });
+        assert_eq!(inv.overlay, PathBuf::from("/mnt/x"));
+        assert_eq!(
+            parse_args(&words("mark-good")).unwrap().command,
+            Command::MarkGood
+        );
+        assert!(parse_args(&words("frobnicate")).is_err());
+        assert!(parse_args(&words("status --overlay")).is_err());
+    }
+}

@@ -1,0 +1,143 @@
+//! A `log::Log` that writes `<level>overlay-init: message` to `/dev/kmsg`, and to
+//! the console whatever the kernel would not echo there itself (so a message is
+//! seen once, even with `quiet`). Before `/dev` exists it writes to the console only.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::Mutex;
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+struct Sinks {
+    kmsg: Option<File>,
+    /// The kernel prints kmsg lines below this level to the console itself.
+    console_loglevel: u8,
+}
+
+pub struct KmsgLogger {
+    sinks: Mutex<Sinks>,
+    /// Prefix for console lines; kmsg lines carry the kernel's own timestamp.
+    to_stderr_only: bool,
+}
+
+static LOGGER: KmsgLogger = KmsgLogger {
+    sinks: Mutex::new(Sinks {
+        kmsg: None,
+        console_loglevel: 0,
+    }),
+    to_stderr_only: false,
+};
+
+static STDERR_LOGGER: KmsgLogger = KmsgLogger {
+    sinks: Mutex::new(Sinks {
+        kmsg: None,
+        console_loglevel: 0,
+    }),
+    to_stderr_only: true,
+};
+
+/// The syslog priority the kernel expects in the `<N>` prefix.
+pub fn syslog_priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+/// One kmsg record: `<N>overlay-init: message`, one line per record.
+pub fn kmsg_line(level: Level, message: &str) -> String {
+    let mut line = format!("<{}>overlay-init: ", syslog_priority(level));
+    // Keep one record per line: kmsg would split embedded newlines unprefixed.
+    line.push_str(&message.replace('\n', " | "));
+    line.push('\n');
+    line
+}
+
+/// Install the PID 1 logger (console only until [`attach_kmsg`]).
+pub fn init_pid1(debug: bool) {
+    let _ = log::set_logger(&LOGGER);
+    set_debug(debug);
+}
+
+/// Install a plain stderr logger for the command-line tool.
+pub fn init_cli(debug: bool) {
+    let _ = log::set_logger(&STDERR_LOGGER);
+    set_debug(debug);
+}
+
+pub fn set_debug(debug: bool) {
+    log::set_max_level(if debug {
+        LevelFilter::Debug
+    } else {
+        LevelFilter::Info
+    });
+}
+
+/// Start writing to `/dev/kmsg` (call once `/dev` and `/proc` are mounted).
+pub fn attach_kmsg() {
+    let kmsg = OpenOptions::new().write(true).open("/dev/kmsg").ok();
+    let console_loglevel = std::fs::read_to_string("/proc/sys/kernel/printk")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    if let Ok(mut sinks) = LOGGER.sinks.lock() {
+        sinks.kmsg = kmsg;
+        sinks.console_loglevel = console_loglevel;
+    }
+}
+
+impl Log for KmsgLogger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let message = record.args().to_string();
+        let level = record.level();
+        let Ok(mut sinks) = self.sinks.lock() else {
+            return;
+        };
+        let mut echoed_by_kernel = false;
+        if !self.to_stderr_only {
+            if let Some(kmsg) = sinks.kmsg.as_mut() {
+                if kmsg
+                    .write_all(kmsg_line(level, &message).as_bytes())
+                    .is_ok()
+                {
+                    echoed_by_kernel = syslog_priority(level) < sinks.console_loglevel;
+                }
+            }
+        }
+        if !echoed_by_kernel {
+            let tag = match level {
+                Level::Error => "error: ",
+                Level::Warn => "warning: ",
+                _ => "",
+            };
+            let _ = writeln!(std::io::stderr(), "overlay-init: {tag}{message}");
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kmsg_lines_carry_priority_and_prefix() {
+        assert_eq!(
+            kmsg_line(Level::Error, "mount failed"),
+            "<3>overlay-init: mount failed\n"
+        );
+        assert_eq!(kmsg_line(Level::Info, "a\nb"), "<6>overlay-init: a | b\n");
+        assert_eq!(syslog_priority(Level::Warn), 4);
+        assert_eq!(syslog_priority(Level::Debug), 7);
+    }
+}

@@ -1,0 +1,180 @@
+//! Assembling the overlay root: the lower, the upper, the overlay mount, and the
+//! moves that put `/rom` and `/overlay` into it. Paths are explicit so tests can
+//! assemble a root in a private mount namespace without booting.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rustix::mount::MountFlags;
+
+use crate::cmdline::TmpfsSize;
+use crate::fstype::FsType;
+use crate::sys::mount::{is_read_only, mount_fs, move_mount};
+
+/// Where the pieces are assembled before they move into the new root.
+#[derive(Debug, Clone)]
+pub struct Staging {
+    pub dir: PathBuf,
+}
+
+impl Staging {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Staging { dir: dir.into() }
+    }
+    /// The main lower; becomes `/rom`.
+    pub fn rom(&self) -> PathBuf {
+        self.dir.join("rom")
+    }
+    /// Extra lower number `n` (0-based, in `ovl.lower=` order).
+    pub fn extra_lower(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("lower{n}"))
+    }
+    /// The upper's filesystem; becomes `/overlay`.
+    pub fn upper_fs(&self) -> PathBuf {
+        self.dir.join("overlay")
+    }
+    /// The overlay mount: the new root.
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+}
+
+/// `upper/` and `work/` inside the upper's filesystem.
+pub fn upper_dirs(upper_fs: &Path) -> (PathBuf, PathBuf) {
+    (upper_fs.join("upper"), upper_fs.join("work"))
+}
+
+/// The overlayfs mount data. Lowers are listed topmost first: the main lower,
+/// then the `ovl.lower=` entries in order, so the main lower wins on conflicts.
+pub fn overlay_options(lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<String> {
+    if lowers.is_empty() {
+        bail!("an overlay needs at least one lower layer");
+    }
+    let mut all: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+    all.push(upper);
+    all.push(work);
+    for p in &all {
+        let s = p.to_string_lossy();
+        if s.contains([':', ',', '\\']) {
+            bail!("overlay layer path {s:?} contains ':', ',' or '\\'");
+        }
+    }
+    let lowerdir: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+    Ok(format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowerdir.join(":"),
+        upper.display(),
+        work.display()
+    ))
+}
+
+/// Mount a read-only lower.
+pub fn mount_lower(
+    dev: &Path,
+    fstype: FsType,
+    rootflags: Option<&str>,
+    target: &Path,
+) -> Result<()> {
+    mount_fs(
+        &dev.to_string_lossy(),
+        target,
+        fstype.kernel_name(),
+        MountFlags::RDONLY | MountFlags::NODEV,
+        rootflags.unwrap_or(""),
+    )
+}
+
+/// Mount a tmpfs to hold the upper.
+pub fn mount_tmpfs_upper(target: &Path, size: Option<TmpfsSize>) -> Result<()> {
+    let mut data = String::from("mode=0755");
+    if let Some(size) = size {
+        data.push(',');
+        data.push_str(&size.mount_option());
+    }
+    mount_fs(
+        "tmpfs",
+        target,
+        "tmpfs",
+        MountFlags::NODEV | MountFlags::NOSUID,
+        &data,
+    )
+}
+
+/// Mount a persistent upper read-write and check the kernel really made it writable.
+pub fn mount_device_upper(dev: &Path, fstype: FsType, target: &Path) -> Result<()> {
+    mount_fs(
+        &dev.to_string_lossy(),
+        target,
+        fstype.kernel_name(),
+        MountFlags::NODEV,
+        "",
+    )?;
+    if is_read_only(target)? {
+        let _ = crate::sys::mount::umount(target, false);
+        bail!(
+            "{} was mounted read-only by the kernel (write-protected or errors=remount-ro)",
+            dev.display()
+        );
+    }
+    Ok(())
+}
+
+/// Create `upper/` and `work/` on the upper's filesystem.
+pub fn prepare_upper_dirs(upper_fs: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (upper, work) = upper_dirs(upper_fs);
+    for dir in [&upper, &work] {
+        crate::sys::mount::ensure_dir(dir)?;
+    }
+    Ok((upper, work))
+}
+
+/// Mount the overlay on `target` and check that it is writable: overlayfs
+/// silently mounts read-only when it cannot use `work/`.
+pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
+    let data = overlay_options(lowers, upper, work)?;
+    mount_fs("overlay", target, "overlay", MountFlags::empty(), &data)?;
+    check_writable(target).context("the overlay is not writable")
+}
+
+/// Create and remove a probe file: the one test overlayfs cannot fake.
+pub fn check_writable(root: &Path) -> Result<()> {
+    if is_read_only(root)? {
+        bail!("{} is mounted read-only", root.display());
+    }
+    let probe = root.join(".overlay-init-write-test");
+    std::fs::write(&probe, b"").with_context(|| format!("write {}", probe.display()))?;
+    std::fs::remove_file(&probe).with_context(|| format!("remove {}", probe.display()))?;
+    Ok(())
+}
+
+/// Move the main lower to `/rom` and the upper's filesystem to `/overlay` inside the new root.
+pub fn move_layers_into_root(staging: &Staging) -> Result<()> {
+    let root = staging.root();
+    move_mount(&staging.rom(), &root.join("rom"))?;
+    move_mount(&staging.upper_fs(), &root.join("overlay"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_options_put_the_main_lower_on_top() {
+        let s = Staging::new("/.ovl");
+        let (u, w) = upper_dirs(&s.upper_fs());
+        let opts = overlay_options(&[s.rom(), s.extra_lower(0), s.extra_lower(1)], &u, &w).unwrap();
+        assert_eq!(
+            opts,
+            "lowerdir=/.ovl/rom:/.ovl/lower0:/.ovl/lower1,upperdir=/.ovl/overlay/upper,workdir=/.ovl/overlay/work"
+        );
+    }
+
+    #[test]
+    fn overlay_options_reject_separators_in_paths() {
+        let err = overlay_options(&[PathBuf::from("/a:b")], Path::new("/u"), Path::new("/w"))
+            .unwrap_err();
+        assert!(err.to_string().contains("/a:b"));
+        assert!(overlay_options(&[], Path::new("/u"), Path::new("/w")).is_err());
+    }
+}

@@ -1,0 +1,169 @@
+//! The handover: check the real init, free the initramfs, make the new root `/`,
+//! and exec the real init.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use rustix::fs::{openat2, AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags};
+
+use crate::switch::classify_executable;
+
+/// Check that `init` names a runnable file inside `new_root`, resolving
+/// symlinks as the kernel will once `new_root` is `/`.
+pub fn check_init(new_root: &Path, init: &str) -> Result<()> {
+    let root = rustix::fs::open(new_root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+        .with_context(|| format!("open new root {}", new_root.display()))?;
+    let fd = openat2(
+        &root,
+        init,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT,
+    )
+    .with_context(|| format!("the real init {init} is missing from the new root"))?;
+    let st = rustix::fs::fstat(&fd).with_context(|| format!("stat {init}"))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        bail!("the real init {init} is not a regular file");
+    }
+    if st.st_mode & 0o111 == 0 {
+        bail!(
+            "the real init {init} is not executable (mode {:o})",
+            st.st_mode & 0o7777
+        );
+    }
+    let mut head = [0u8; 4];
+    let mut file = std::fs::File::from(fd);
+    let n = file
+        .read(&mut head)
+        .with_context(|| format!("read {init}"))?;
+    classify_executable(&head[..n])
+        .map_err(|why| anyhow::anyhow!("the real init {init} cannot run: {why}"))?;
+    Ok(())
+}
+
+/// What freeing the initramfs did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FreeStats {
+    pub removed: u64,
+    /// Entries left because they could not be removed (mount points, errors).
+    pub kept: u64,
+}
+
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// Delete everything on the initramfs (`/`), never crossing into other
+/// filesystems (the new root, moved API mounts) and never following symlinks.
+/// Refuses unless `/` really is a ramfs/tmpfs.
+pub fn free_initramfs() -> Result<FreeStats> {
+    let root = rustix::fs::open(
+        "/",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .context("open /")?;
+    let fs = rustix::fs::fstatfs(&root).context("statfs /")?;
+    let magic = fs.f_type as i64;
+    if magic != RAMFS_MAGIC && magic != TMPFS_MAGIC {
+        bail!("refusing to delete / : it is not an initramfs (filesystem magic {magic:#x})");
+    }
+    let dev = rustix::fs::fstat(&root).context("stat /")?.st_dev;
+    let mut stats = FreeStats::default();
+    remove_contents(&root, dev, &mut stats);
+    Ok(stats)
+}
+
+/// Remove the contents of the directory `dir` that live on device `dev`.
+fn remove_contents(dir: &OwnedFd, dev: u64, stats: &mut FreeStats) {
+    let Ok(mut entries) = Dir::read_from(dir) else {
+        stats.kept += 1;
+        return;
+    };
+    let mut names = Vec::new();
+    while let Some(Ok(entry)) = entries.next() {
+        let name = entry.file_name().to_owned();
+        if name.as_bytes() != b"." && name.as_bytes() != b".." {
+            names.push(name);
+        }
+    }
+    for name in names {
+        let Ok(st) = rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) else {
+            stats.kept += 1;
+            continue;
+        };
+        if st.st_dev != dev {
+            stats.kept += 1;
+            continue;
+        }
+        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+        if is_dir {
+            match rustix::fs::openat(
+                dir,
+                name.as_c_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+                Mode::empty(),
+            ) {
+                Ok(sub) => {
+                    // A mount point shows the mounted filesystem's device once opened.
+                    if rustix::fs::fstat(&sub)
+                        .map(|s| s.st_dev != dev)
+                        .unwrap_or(true)
+                    {
+                        stats.kept += 1;
+                        continue;
+                    }
+                    remove_contents(&sub, dev, stats);
+                }
+                Err(_) => {
+                    stats.kept += 1;
+                    continue;
+                }
+            }
+        }
+        let flags = if is_dir {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        match rustix::fs::unlinkat(dir, name.as_c_str(), flags) {
+            Ok(()) => stats.removed += 1,
+            Err(_) => stats.kept += 1,
+        }
+    }
+}
+
+/// Make `new_root` the root: move it onto `/`, chroot into it.
+/// The caller has already freed the initramfs while `/` was still it.
+pub fn enter_new_root(new_root: &Path) -> Result<()> {
+    rustix::process::chdir(new_root).with_context(|| format!("chdir {}", new_root.display()))?;
+    rustix::mount::mount_move(".", "/")
+        .with_context(|| format!("move {} onto /", new_root.display()))?;
+    rustix::process::chroot(".").context("chroot into the new root")?;
+    rustix::process::chdir("/").context("chdir / in the new root")?;
+    Ok(())
+}
+
+/// Point fds 0, 1 and 2 at the new root's `/dev/console`.
+pub fn reopen_console() -> Result<()> {
+    let console = rustix::fs::open("/dev/console", OFlags::RDWR | OFlags::NOCTTY, Mode::empty())
+        .context("open /dev/console")?;
+    for target in 0..3 {
+        // SAFETY: fds 0..=2 are the standard streams, owned by this process for its
+        // whole life; dup2 replaces them atomically and we never close them.
+        let mut std_fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(target) };
+        let r = rustix::io::dup2(console.as_fd(), &mut std_fd);
+        std::mem::forget(std_fd);
+        r.with_context(|| format!("dup2 console to fd {target}"))?;
+    }
+    Ok(())
+}
+
+/// Replace this process with the real init. Returns only on failure.
+pub fn exec_init(init: &str, args: &[OsString]) -> anyhow::Error {
+    let err = std::process::Command::new(init).args(args).exec();
+    anyhow::Error::new(err).context(format!("exec the real init {init}"))
+}
