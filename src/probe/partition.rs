@@ -251,6 +251,17 @@ mod tests {
             .starts_with("GPT partition entries truncated"));
     }
 
+    /// A hybrid MBR (0xEE next to real entries, as `sgdisk -h` writes) still
+    /// means GPT, as it does for the kernel.
+    #[test]
+    fn hybrid_mbr_means_gpt() {
+        let mut hybrid = GPT.to_vec();
+        hybrid.copy_within(446..462, 446 + 16);
+        hybrid[446..462].copy_from_slice(&MBR[446..462]);
+        assert_ne!(hybrid[446 + 4], MBR_TYPE_GPT_PROTECTIVE);
+        assert_eq!(parsed(&hybrid, 512), gpt_entries());
+    }
+
     #[test]
     fn mbr_from_sfdisk_with_disk_identifier() {
         assert_eq!(
