@@ -102,17 +102,9 @@ impl Uevent {
     fn set(&mut self, key: &str, value: &str) {
         let text = || Some(value.to_string());
         match key {
-            "ACTION" => {
-                // The header already said it; the variable only fills a gap.
-                if self.action.is_none() {
-                    self.action = Some(Action::parse(value));
-                }
-            }
-            "DEVPATH" => {
-                if self.devpath.is_empty() {
-                    self.devpath = value.to_string();
-                }
-            }
+            // The header already said these; the variables only fill a gap.
+            "ACTION" if self.action.is_none() => self.action = Some(Action::parse(value)),
+            "DEVPATH" if self.devpath.is_empty() => self.devpath = value.to_string(),
             "SUBSYSTEM" => self.subsystem = text(),
             "DEVNAME" => self.devname = text(),
             "DEVTYPE" => self.devtype = text(),

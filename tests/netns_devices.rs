@@ -1,0 +1,524 @@
+//! Finding block devices against the real kernel: loop devices made at test
+//! time from images built with mkfs.ext4 -L/-U, sgdisk and sfdisk, found by
+//! the coldplug walk and through kernel uevents.
+//!
+//! Needs root and the loop driver. Nothing is mounted, so no mount namespace is
+//! needed; loop devices are global, so every one is detached by a guard, also
+//! when an assertion fails. The host has block devices of its own (vda, other
+//! engineers' loop devices): every label, UUID and PARTUUID here is made unique
+//! per run, and no assertion depends on devices the test did not make.
+//!
+//! Partitions: `losetup -P` asks the kernel to scan the table; a kernel built
+//! without partition parsers (this host's) finds none, so the test adds the
+//! partitions the table describes with BLKPG (`addpart`), the way `partx` does.
+//! Either way the kernel's uevent carries no PARTUUID, and on the BLKPG path no
+//! PARTNAME either: both must come from our own reading of the table.
+//!
+//! Run: `cargo test --test netns_devices`
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use overlay_init::devspec::DeviceSpec;
+use overlay_init::fstype::FsType;
+use overlay_init::sys::blockdev::DeviceWaiter;
+
+const MIB: u64 = 1024 * 1024;
+const SECTOR: u64 = 512;
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A number no other run or test of this process shares.
+fn unique_number() -> u64 {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    (u64::from(std::process::id()) << 32)
+        ^ (nanos << 8)
+        ^ u64::from(COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// An ext4 label (at most 16 bytes) unique to this run.
+fn unique_label(prefix: &str) -> String {
+    let label = format!("{prefix}{:x}", unique_number() & 0xff_ffff_ffff);
+    label[..label.len().min(16)].to_string()
+}
+
+fn unique_uuid() -> String {
+    let n = unique_number();
+    let m = n.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15;
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        n >> 32,
+        (n >> 16) & 0xffff,
+        n & 0xfff,
+        m & 0xfff,
+        (m >> 12) & 0xffff_ffff_ffff
+    )
+}
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "overlay-init-devices-{name}-{}-{:x}",
+            std::process::id(),
+            unique_number()
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An attached loop device, detached on drop (its partitions go with it).
+struct Loop {
+    dev: String,
+}
+
+impl Loop {
+    /// Attach `image` with partition scanning, and make sure the kernel knows
+    /// each of `partitions` (number, first sector, sectors).
+    fn attach(image: &Path, partitions: &[(u32, u64, u64)]) -> Loop {
+        let dev = run(Command::new("losetup")
+            .args(["--find", "--show", "--partscan"])
+            .arg(image));
+        let guard = Loop { dev };
+        for &(number, start, sectors) in partitions {
+            let sysfs = format!("/sys/class/block/{}p{number}", guard.name());
+            if !Path::new(&sysfs).exists() {
+                run(Command::new("addpart").args([
+                    &guard.dev,
+                    &number.to_string(),
+                    &start.to_string(),
+                    &sectors.to_string(),
+                ]));
+            }
+        }
+        guard
+    }
+
+    fn name(&self) -> &str {
+        self.dev.trim_start_matches("/dev/")
+    }
+
+    fn partition(&self, number: u32) -> PathBuf {
+        PathBuf::from(format!("{}p{number}", self.dev))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let status = Command::new("losetup")
+            .args(["--detach", &self.dev])
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!("could not detach {}: {status:?}", self.dev);
+        }
+    }
+}
+
+/// A plain (unpartitioned) ext4 image.
+fn ext4_image(path: &Path, label: &str, uuid: &str) {
+    run(Command::new("truncate").args(["-s", "8M"]).arg(path));
+    run(Command::new("mkfs.ext4")
+        .args(["-F", "-q", "-L", label, "-U", uuid])
+        .arg(path));
+}
+
+/// A GPT disk image: partition 1 (sectors 2048.., 8 MiB) holds ext4, partition 2
+/// (8 MiB after it) holds no filesystem.
+struct GptImage {
+    label: String,
+    uuid: String,
+    partlabel1: String,
+    partlabel2: String,
+    partuuid1: String,
+    partuuid2: String,
+}
+
+const GPT_PARTITIONS: [(u32, u64, u64); 2] = [
+    (1, 2048, 8 * MIB / SECTOR),
+    (2, 2048 + 8 * MIB / SECTOR, 8 * MIB / SECTOR),
+];
+
+fn gpt_image(path: &Path) -> GptImage {
+    let img = GptImage {
+        label: unique_label("gpt"),
+        uuid: unique_uuid(),
+        partlabel1: unique_label("root"),
+        partlabel2: unique_label("data"),
+        partuuid1: unique_uuid(),
+        partuuid2: unique_uuid(),
+    };
+    run(Command::new("truncate").args(["-s", "24M"]).arg(path));
+    // The filesystem first: mke2fs clears the start of the file whatever the offset.
+    let offset = GPT_PARTITIONS[0].1 * SECTOR;
+    run(Command::new("mkfs.ext4")
+        .args(["-F", "-q", "-L", &img.label, "-U", &img.uuid])
+        .arg("-E")
+        .arg(format!("offset={offset}"))
+        .arg(path)
+        .arg("8M"));
+    let [(n1, s1, len1), (n2, s2, len2)] = GPT_PARTITIONS;
+    run(Command::new("sgdisk")
+        .arg(format!("--new={n1}:{s1}:{}", s1 + len1 - 1))
+        .arg(format!("--change-name={n1}:{}", img.partlabel1))
+        .arg(format!("--partition-guid={n1}:{}", img.partuuid1))
+        .arg(format!("--new={n2}:{s2}:{}", s2 + len2 - 1))
+        .arg(format!("--change-name={n2}:{}", img.partlabel2))
+        .arg(format!("--partition-guid={n2}:{}", img.partuuid2))
+        .arg(path));
+    img
+}
+
+fn spec(s: &str) -> DeviceSpec {
+    DeviceSpec::parse(s).unwrap()
+}
+
+/// Devices present before the waiter starts are found by the coldplug walk
+/// alone: the deadline is "now", so nothing can arrive by uevent in time.
+#[test]
+fn coldplug_finds_loop_devices_by_label_uuid_partlabel_partuuid() {
+    let scratch = Scratch::new("coldplug");
+
+    let gpt_path = scratch.path("gpt.img");
+    let gpt = gpt_image(&gpt_path);
+    let gpt_loop = Loop::attach(&gpt_path, &GPT_PARTITIONS);
+
+    // An MBR disk: PARTUUID is the disk signature and the partition number.
+    let mbr_path = scratch.path("mbr.img");
+    let signature = format!("{:08x}", (unique_number() as u32) | 1);
+    let mbr_label = unique_label("mbr");
+    let mbr_uuid = unique_uuid();
+    run(Command::new("truncate").args(["-s", "16M"]).arg(&mbr_path));
+    run(Command::new("mkfs.ext4")
+        .args([
+            "-F",
+            "-q",
+            "-L",
+            &mbr_label,
+            "-U",
+            &mbr_uuid,
+            "-E",
+            "offset=1048576",
+        ])
+        .arg(&mbr_path)
+        .arg("8M"));
+    let sfdisk_script =
+        format!("label: dos\nlabel-id: 0x{signature}\nstart=2048, size=16384, type=83\n");
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(&mbr_path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    sfdisk
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(sfdisk_script.as_bytes())
+        .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    let mbr_loop = Loop::attach(&mbr_path, &[(1, 2048, 16384)]);
+
+    // A whole-disk filesystem.
+    let plain_path = scratch.path("plain.img");
+    let plain_label = unique_label("plain");
+    let plain_uuid = unique_uuid();
+    ext4_image(&plain_path, &plain_label, &plain_uuid);
+    let plain_loop = Loop::attach(&plain_path, &[]);
+
+    let mut waiter = DeviceWaiter::new().expect("open uevent socket and walk /sys/class/block");
+    let specs = [
+        spec(&format!("LABEL={}", gpt.label)),
+        spec(&format!("UUID={}", gpt.uuid.to_uppercase())),
+        spec(&format!("PARTLABEL={}", gpt.partlabel1)),
+        spec(&format!("PARTUUID={}", gpt.partuuid1)),
+        spec(&format!("PARTLABEL={}", gpt.partlabel2)),
+        spec(&format!("PARTUUID={}", gpt.partuuid2)),
+        spec(&format!("PARTUUID={signature}-01")),
+        spec(&format!("LABEL={mbr_label}")),
+        spec(&format!("UUID={plain_uuid}")),
+        spec(&plain_loop.dev),
+    ];
+    let spec_refs: Vec<&DeviceSpec> = specs.iter().collect();
+    let found = waiter
+        .wait_for(&spec_refs, Some(Instant::now()), |_| {})
+        .unwrap_or_else(|e| panic!("{e:#}"));
+
+    let paths: Vec<&Path> = found.iter().map(|r| r.dev_path.as_path()).collect();
+    let gpt1 = gpt_loop.partition(1);
+    let gpt2 = gpt_loop.partition(2);
+    let mbr1 = mbr_loop.partition(1);
+    let plain = PathBuf::from(&plain_loop.dev);
+    assert_eq!(
+        paths,
+        [&gpt1, &gpt1, &gpt1, &gpt1, &gpt2, &gpt2, &mbr1, &mbr1, &plain, &plain]
+            .map(|p| p.as_path())
+    );
+    for (resolved, spec) in found.iter().zip(&specs) {
+        assert_eq!(&resolved.spec, spec);
+    }
+
+    let root = &found[0].info;
+    assert_eq!(
+        root.filesystem.as_ref().and_then(|f| f.fstype()),
+        Some(FsType::Ext4)
+    );
+    assert_eq!(root.uuid(), Some(gpt.uuid.as_str()));
+    assert_eq!(root.partlabel(), Some(gpt.partlabel1.as_str()));
+    assert_eq!(root.partuuid(), Some(gpt.partuuid1.as_str()));
+    let part = root.partition.as_ref().unwrap();
+    assert_eq!((part.number, part.disk.as_str()), (1, gpt_loop.name()));
+    assert_eq!(root.size_bytes, 8 * MIB);
+
+    // Partition 2 holds no filesystem: found by its table entry alone.
+    let data = &found[4].info;
+    assert_eq!(data.filesystem, None);
+    assert_eq!(data.probe_error, None);
+
+    // seen() lists the whole disks too.
+    assert!(waiter
+        .seen()
+        .iter()
+        .any(|d| d.name == gpt_loop.name() && d.partition.is_none()));
+}
+
+/// A device attached after `DeviceWaiter::new()` is found through its uevents:
+/// the disk's `change` (media appeared) and the partition's `add`.
+#[test]
+fn a_device_attached_after_the_waiter_starts_is_found_through_its_uevent() {
+    let scratch = Scratch::new("hotplug");
+    let gpt_path = scratch.path("gpt.img");
+    let gpt = gpt_image(&gpt_path);
+    let plain_path = scratch.path("plain.img");
+    let plain_label = unique_label("late");
+    ext4_image(&plain_path, &plain_label, &unique_uuid());
+
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (loops_tx, loops_rx) = mpsc::channel::<Vec<Loop>>();
+    let attacher = thread::spawn(move || {
+        if go_rx.recv().is_err() {
+            return;
+        }
+        let loops = vec![
+            Loop::attach(&plain_path, &[]),
+            Loop::attach(&gpt_path, &GPT_PARTITIONS),
+        ];
+        // If the receiver is gone the loops come back in the error and drop here.
+        let _ = loops_tx.send(loops);
+    });
+
+    let mut waiter = DeviceWaiter::new().expect("open uevent socket and walk /sys/class/block");
+    let late = spec(&format!("LABEL={plain_label}"));
+    let part = spec(&format!("PARTLABEL={}", gpt.partlabel2));
+    let part_uuid = spec(&format!("PARTUUID={}", gpt.partuuid1));
+    for s in [&late, &part, &part_uuid] {
+        assert!(
+            waiter.seen().iter().all(|d| !d.matches(s)),
+            "{s} must not exist before the attach"
+        );
+    }
+    go_tx.send(()).unwrap();
+
+    let result = waiter.wait_for(
+        &[&late, &part, &part_uuid],
+        Some(Instant::now() + Duration::from_secs(30)),
+        |_| {},
+    );
+    // Take the guards before judging, so the loops are detached whatever happens.
+    let loops = loops_rx
+        .recv()
+        .expect("the attacher thread attached the loop devices");
+    attacher.join().unwrap();
+    let found = result.unwrap_or_else(|e| panic!("{e:#}"));
+
+    assert_eq!(found[0].dev_path, PathBuf::from(&loops[0].dev));
+    assert_eq!(found[0].info.label(), Some(plain_label.as_str()));
+    assert_eq!(found[1].dev_path, loops[1].partition(2));
+    assert_eq!(found[2].dev_path, loops[1].partition(1));
+    assert_eq!(found[2].info.label(), Some(gpt.label.as_str()));
+}
+
+/// A spec nobody satisfies fails at the deadline, and the message lists the
+/// devices that were seen with their labels and UUIDs.
+#[test]
+fn a_missing_label_fails_at_the_deadline_listing_the_devices_seen() {
+    let scratch = Scratch::new("missing");
+    let path = scratch.path("present.img");
+    let label = unique_label("here");
+    let uuid = unique_uuid();
+    ext4_image(&path, &label, &uuid);
+    let present = Loop::attach(&path, &[]);
+
+    let mut waiter = DeviceWaiter::new().unwrap();
+    let missing = spec(&format!("LABEL={}", unique_label("absent")));
+    let started = Instant::now();
+    let err = waiter
+        .wait_for(
+            &[&missing],
+            Some(started + Duration::from_millis(300)),
+            |_| {},
+        )
+        .expect_err("nothing carries that label");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "returned early: {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(5), "overslept: {waited:?}");
+
+    let msg = format!("{err:#}");
+    assert!(
+        msg.starts_with(&format!("no block device matches {missing} after waiting")),
+        "{msg}"
+    );
+    let line = format!(
+        "\n  {} (8.0 MiB): ext4 LABEL=\"{label}\" UUID={uuid}",
+        present.dev
+    );
+    assert!(msg.contains(&line), "{line:?} not in:\n{msg}");
+}
+
+/// Two devices with one label: an error naming both, at once.
+#[test]
+fn two_devices_with_one_label_are_an_error_naming_both() {
+    let scratch = Scratch::new("twins");
+    let label = unique_label("twin");
+    let (a, b) = (scratch.path("a.img"), scratch.path("b.img"));
+    ext4_image(&a, &label, &unique_uuid());
+    ext4_image(&b, &label, &unique_uuid());
+    let loop_a = Loop::attach(&a, &[]);
+    let loop_b = Loop::attach(&b, &[]);
+
+    let mut waiter = DeviceWaiter::new().unwrap();
+    let twin = spec(&format!("LABEL={label}"));
+    let started = Instant::now();
+    let err = waiter
+        .wait_for(&[&twin], None, |_| {})
+        .expect_err("two devices carry the label");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "ambiguity must not wait"
+    );
+    let msg = format!("{err:#}");
+    assert!(
+        msg.starts_with(&format!("{twin} matches 2 devices")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&loop_a.dev) && msg.contains(&loop_b.dev),
+        "{msg}"
+    );
+}
+
+/// A device detached after the coldplug is forgotten: its `change` uevent
+/// (size 0) is applied before the waiter judges.
+#[test]
+fn a_detached_device_is_forgotten() {
+    let scratch = Scratch::new("detach");
+    let path = scratch.path("gone.img");
+    let label = unique_label("gone");
+    ext4_image(&path, &label, &unique_uuid());
+    let gone = Loop::attach(&path, &[]);
+
+    let mut waiter = DeviceWaiter::new().unwrap();
+    let by_label = spec(&format!("LABEL={label}"));
+    assert!(waiter.seen().iter().any(|d| d.matches(&by_label)));
+    drop(gone);
+
+    let err = waiter
+        .wait_for(&[&by_label], Some(Instant::now()), |_| {})
+        .expect_err("the device was detached");
+    assert!(
+        format!("{err:#}").starts_with("no block device matches"),
+        "{err:#}"
+    );
+    assert!(waiter.seen().iter().all(|d| !d.matches(&by_label)));
+}
+
+/// A uevent sent by a userspace process (root may multicast to the kernel's
+/// group) is dropped: only the kernel's own messages, from port 0, get through.
+/// The forged message is sent first and a real kernel event (a loop attach)
+/// after it, so a socket that let it through would return it first.
+#[test]
+fn a_forged_uevent_from_userspace_is_dropped() {
+    use overlay_init::sys::uevent::{Received, UeventSocket};
+    use rustix::net::netlink::{self, SocketAddrNetlink};
+    use rustix::net::{sendto, socket_with, AddressFamily, SendFlags, SocketFlags, SocketType};
+
+    let scratch = Scratch::new("forged");
+    let path = scratch.path("real.img");
+    ext4_image(&path, &unique_label("real"), &unique_uuid());
+
+    let mut socket = UeventSocket::open().unwrap();
+    let forged_devpath = format!("/devices/virtual/block/forged{:x}", unique_number());
+    let forged = format!(
+        "add@{forged_devpath}\0ACTION=add\0DEVPATH={forged_devpath}\0SUBSYSTEM=block\0DEVNAME=forged\0MAJOR=7\0MINOR=200\0"
+    );
+    let sender = socket_with(
+        AddressFamily::NETLINK,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        Some(netlink::KOBJECT_UEVENT),
+    )
+    .unwrap();
+    let sent = sendto(
+        &sender,
+        forged.as_bytes(),
+        SendFlags::empty(),
+        &SocketAddrNetlink::new(0, 1),
+    )
+    .expect("root may send to the uevent multicast group");
+    assert_eq!(sent, forged.len());
+
+    let real = Loop::attach(&path, &[]);
+    let real_devpath_end = format!("/{}", real.name());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match socket.receive(Some(left)).unwrap() {
+            Received::Event(event) => {
+                assert_ne!(
+                    event.devpath, forged_devpath,
+                    "the forged uevent got through"
+                );
+                if event.devpath.ends_with(&real_devpath_end) {
+                    break;
+                }
+            }
+            Received::Overflow => {}
+            Received::Timeout => panic!("no uevent for {} within 30s", real.dev),
+        }
+    }
+}
