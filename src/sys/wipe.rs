@@ -324,6 +324,12 @@ pub fn wipe_contents(root: BorrowedFd<'_>, label: &Path) -> Result<WipeReport> {
         wiper.flattened_this_pass = 0;
         wiper.empty_root()?;
         if wiper.flattened_this_pass == 0 {
+            // Later passes meet what earlier ones had to leave: report it once.
+            let report = &mut wiper.report;
+            report.mount_points_left.sort();
+            report.mount_points_left.dedup();
+            report.failures.sort();
+            report.failures.dedup();
             return Ok(wiper.report);
         }
     }
