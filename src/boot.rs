@@ -64,7 +64,7 @@ pub const API_MOUNTS: &[(&str, &str, &str, &str)] = &[
     ("proc", "/proc", "proc", ""),
     ("sysfs", "/sys", "sysfs", ""),
     ("devtmpfs", "/dev", "devtmpfs", "mode=0755"),
-    ("tmpfs", "/run", "tmpfs", "mode=0755,nodev,nosuid"),
+    ("tmpfs", "/run", "tmpfs", "mode=0755"),
 ];
 
 /// Mount /proc, /sys, /dev and /run (an already-mounted one is left alone).
