@@ -235,7 +235,13 @@ fn coldplug_finds_loop_devices_by_label_uuid_partlabel_partuuid() {
     let sfdisk_script =
         format!("label: dos\nlabel-id: 0x{signature}\nstart=2048, size=16384, type=83\n");
     let mut sfdisk = Command::new("sfdisk")
-        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .args([
+            "--quiet",
+            "--no-reread",
+            "--no-tell-kernel",
+            "--wipe-partitions",
+            "never",
+        ])
         .arg(&mbr_path)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
@@ -521,4 +527,117 @@ fn a_forged_uevent_from_userspace_is_dropped() {
             Received::Timeout => panic!("no uevent for {} within 30s", real.dev),
         }
     }
+}
+
+/// `rootwait` without a limit: the waiter reports what it still waits for at
+/// every interval, and returns as soon as the device appears. The device is
+/// attached only after the first report, so the wait demonstrably went on past
+/// it.
+#[test]
+fn an_unbounded_wait_reports_progress_until_the_device_appears() {
+    let scratch = Scratch::new("rootwait");
+    let path = scratch.path("slow.img");
+    let label = unique_label("slow");
+    ext4_image(&path, &label, &unique_uuid());
+
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (loop_tx, loop_rx) = mpsc::channel::<Loop>();
+    let attacher = thread::spawn(move || {
+        // Without a report the device is attached anyway, so a broken report
+        // fails the `reports >= 1` check below instead of hanging the test.
+        let _ = go_rx.recv_timeout(Duration::from_secs(30));
+        let _ = loop_tx.send(Loop::attach(&path, &[]));
+    });
+
+    let mut waiter = DeviceWaiter::new().unwrap();
+    waiter.set_progress_interval(Duration::from_millis(20));
+    let slow = spec(&format!("LABEL={label}"));
+    let mut reports = 0;
+    let result = waiter.wait_for(&[&slow], None, |progress| {
+        reports += 1;
+        assert_eq!(progress.missing, [&slow]);
+        if reports == 1 {
+            go_tx.send(()).unwrap();
+        }
+        // A bound for the test only, so a lost uevent fails instead of hanging.
+        assert!(
+            progress.waited < Duration::from_secs(30),
+            "device never seen"
+        );
+    });
+    drop(go_tx);
+    let attached = loop_rx
+        .recv()
+        .expect("the attacher thread attached the loop device");
+    attacher.join().unwrap();
+    let found = result.unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(reports >= 1);
+    assert_eq!(found[0].dev_path, PathBuf::from(&attached.dev));
+}
+
+const CHILD_TEST_ENV: &str = "OVERLAY_INIT_NETNS_DEVICES_TEST";
+const CHILD_LABEL_ENV: &str = "OVERLAY_INIT_NETNS_DEVICES_LABEL";
+const CHILD_DEV_ENV: &str = "OVERLAY_INIT_NETNS_DEVICES_DEV";
+
+/// Without devtmpfs on /dev (a kernel without CONFIG_DEVTMPFS, a hand-made
+/// /dev), the waiter makes the nodes itself from MAJOR:MINOR. The test re-runs
+/// itself under `unshare --mount --propagation private` and hides the host's
+/// /dev under an empty tmpfs there; the loop device is attached (and detached)
+/// by the parent.
+#[test]
+fn without_devtmpfs_the_node_is_made_with_mknod() {
+    const NAME: &str = "without_devtmpfs_the_node_is_made_with_mknod";
+    if std::env::var(CHILD_TEST_ENV).as_deref() == Ok(NAME) {
+        let label = std::env::var(CHILD_LABEL_ENV).unwrap();
+        let dev = std::env::var(CHILD_DEV_ENV).unwrap();
+        rustix::mount::mount(
+            "tmpfs",
+            "/dev",
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            None,
+        )
+        .expect("mount an empty tmpfs on /dev");
+        assert!(!Path::new(&dev).exists());
+        let mut waiter = DeviceWaiter::new().unwrap();
+        let found = waiter
+            .wait_for(
+                &[&spec(&format!("LABEL={label}"))],
+                Some(Instant::now()),
+                |_| {},
+            )
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(found[0].dev_path, PathBuf::from(&dev));
+        let st = rustix::fs::stat(&dev).expect("the node was made");
+        assert_eq!(
+            rustix::fs::FileType::from_raw_mode(st.st_mode),
+            rustix::fs::FileType::BlockDevice
+        );
+        assert_eq!(
+            st.st_rdev,
+            rustix::fs::makedev(found[0].info.major, found[0].info.minor)
+        );
+        return;
+    }
+
+    let scratch = Scratch::new("mknod");
+    let path = scratch.path("nodev.img");
+    let label = unique_label("nodev");
+    ext4_image(&path, &label, &unique_uuid());
+    let attached = Loop::attach(&path, &[]);
+    let output = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env(CHILD_TEST_ENV, NAME)
+        .env(CHILD_LABEL_ENV, &label)
+        .env(CHILD_DEV_ENV, &attached.dev)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "child failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -64,6 +64,7 @@ pub struct DeviceWaiter {
     devices: DeviceSet,
     /// Partition tables by disk DEVNAME, read once; forgotten when the disk changes.
     tables: HashMap<String, DiskTable>,
+    progress_interval: Duration,
 }
 
 impl DeviceWaiter {
@@ -74,9 +75,16 @@ impl DeviceWaiter {
             socket,
             devices: DeviceSet::new(),
             tables: HashMap::new(),
+            progress_interval: PROGRESS_INTERVAL,
         };
         waiter.coldplug()?;
         Ok(waiter)
+    }
+
+    /// How often `wait_for` reports what it still waits for (default
+    /// [`PROGRESS_INTERVAL`]; tests shorten it).
+    pub fn set_progress_interval(&mut self, interval: Duration) {
+        self.progress_interval = interval.max(Duration::from_millis(1));
     }
 
     /// Every block device known now (nonzero size), in the order they were found.
@@ -90,6 +98,7 @@ impl DeviceWaiter {
     /// - A spec that matches two or more devices fails at once, naming them all.
     /// - `deadline: None` waits without limit; either way, every
     ///   [`PROGRESS_INTERVAL`] the missing specs are logged and `on_progress` is called.
+    /// - Events are applied as they arrive (poll on the uevent socket); nothing sleeps.
     /// - At the deadline, the error names the missing specs and lists every block
     ///   device seen with its fstype, LABEL, UUID, PARTLABEL and PARTUUID.
     pub fn wait_for(
@@ -99,7 +108,7 @@ impl DeviceWaiter {
         mut on_progress: impl FnMut(&WaitProgress),
     ) -> Result<Vec<ResolvedDevice>> {
         let started = Instant::now();
-        let mut next_report = started + PROGRESS_INTERVAL;
+        let mut next_report = started + self.progress_interval;
         loop {
             // Apply everything already queued before judging, so a device that
             // has just gone is not handed out.
@@ -129,7 +138,7 @@ impl DeviceWaiter {
                     seen: self.seen(),
                 });
                 while next_report <= now {
-                    next_report += PROGRESS_INTERVAL;
+                    next_report += self.progress_interval;
                 }
             }
             let wake = deadline.map_or(next_report, |d| d.min(next_report));
