@@ -11,9 +11,12 @@
 //! Run: `cargo test --test netns_loop`
 
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use overlay_init::fstype::FsType;
+use overlay_init::probe::superblock::{self, PROBE_BYTES};
 use overlay_init::sys::loopdev::{self, AttachOptions, LoopDevice};
 use rustix::mount::{MountFlags, UnmountFlags};
 
@@ -172,8 +175,22 @@ fn sysfs_read_only(device: &LoopDevice) -> bool {
     ro.trim() == "1"
 }
 
-/// Attach, check read-only, mount, read the marker, unmount, detach.
-fn attach_mount_read_detach(image: &Path, fstype: &str, marker: &str, mountpoint: &Path) {
+/// The filesystem on a device, as the boot path detects it.
+fn detect_fstype(device: &Path) -> FsType {
+    let mut head = Vec::new();
+    fs::File::open(device)
+        .unwrap()
+        .take(PROBE_BYTES as u64)
+        .read_to_end(&mut head)
+        .unwrap();
+    superblock::detect(&head)
+        .expect("valid superblock")
+        .and_then(|info| info.fstype())
+        .unwrap_or_else(|| panic!("no supported filesystem on {}", device.display()))
+}
+
+/// Attach, check read-only, detect, mount, read the marker, unmount, detach.
+fn attach_mount_read_detach(image: &Path, fstype: FsType, marker: &str, mountpoint: &Path) {
     let device = loopdev::attach_image(image).expect("attaching image");
     assert_eq!(
         loopdev::backing_file(device.path()).as_deref(),
@@ -187,7 +204,9 @@ fn attach_mount_read_detach(image: &Path, fstype: &str, marker: &str, mountpoint
         "/sys/block/loopN/ro says read-only"
     );
 
-    let mounted = Mounted::read_only(device.path(), mountpoint, fstype).expect("mounting");
+    assert_eq!(detect_fstype(device.path()), fstype);
+    let mounted =
+        Mounted::read_only(device.path(), mountpoint, fstype.kernel_name()).expect("mounting");
     assert_eq!(
         fs::read_to_string(mountpoint.join("etc/marker")).unwrap(),
         format!("{marker}\n")
@@ -214,7 +233,7 @@ fn attach_mount_read_detach(image: &Path, fstype: &str, marker: &str, mountpoint
 fn squashfs_image_attaches_read_only_and_detaches() {
     in_private_mount_namespace("squashfs_image_attaches_read_only_and_detaches", |dir| {
         let image = make_squashfs(dir, "squash");
-        attach_mount_read_detach(&image, "squashfs", "squash", &dir.join("mnt"));
+        attach_mount_read_detach(&image, FsType::Squashfs, "squash", &dir.join("mnt"));
     });
 }
 
@@ -223,7 +242,7 @@ fn ext4_image_attaches_read_only_and_detaches() {
     in_private_mount_namespace("ext4_image_attaches_read_only_and_detaches", |dir| {
         let tree = make_tree(dir, "extfour");
         let image = make_ext4(dir, "extfour", &tree);
-        attach_mount_read_detach(&image, "ext4", "extfour", &dir.join("mnt"));
+        attach_mount_read_detach(&image, FsType::Ext4, "extfour", &dir.join("mnt"));
     });
 }
 
@@ -313,7 +332,7 @@ fn image_on_read_only_filesystem_attaches() {
             "the image's filesystem is read-only"
         );
 
-        attach_mount_read_detach(&inner_image, "squashfs", "inner", &dir.join("mnt"));
+        attach_mount_read_detach(&inner_image, FsType::Squashfs, "inner", &dir.join("mnt"));
 
         outer.unmount();
         outer_device.detach().unwrap();

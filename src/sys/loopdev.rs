@@ -185,18 +185,19 @@ fn block_read_only(device: BorrowedFd<'_>) -> rustix::io::Result<bool> {
 }
 
 /// How to attach a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AttachOptions {
     /// Ask for direct I/O on the backing file, so its pages are not cached a
-    /// second time under the loop device. Silently dropped when the backing
-    /// filesystem cannot do it.
+    /// second time under the loop device. Dropped when the backing filesystem
+    /// cannot do it.
+    ///
+    /// Off by default: a cold read of a 264 MiB squashfs image on ext4
+    /// (virtio disk, `find -type f -exec cat`, caches dropped, six pairs) took
+    /// a median 18.5 s with direct I/O against 7.6 s without, slower in every
+    /// pair — the backing file loses its readahead. What direct I/O saves is
+    /// the backing file's page cache (the whole 264 MiB after a full read, 0
+    /// with direct I/O), which is clean and reclaimable.
     pub direct_io: bool,
-}
-
-impl Default for AttachOptions {
-    fn default() -> Self {
-        AttachOptions { direct_io: true }
-    }
 }
 
 /// A loop device bound read-only to a backing file. Detached on drop unless
@@ -466,8 +467,8 @@ pub fn attached_loop_devices() -> anyhow::Result<Vec<(PathBuf, PathBuf)>> {
     Ok(attached)
 }
 
-/// Attach an image file (`ovl.image=`, a file in `ovl.lower=`) read-only with
-/// direct I/O where the backing filesystem allows it. The caller detects the
+/// Attach an image file (`ovl.image=`, a file in `ovl.lower=`) read-only,
+/// buffered (see [`AttachOptions::direct_io`] for why). The caller detects the
 /// filesystem on [`LoopDevice::path`], mounts it read-only, then calls
 /// [`LoopDevice::keep`].
 pub fn attach_image(path: &Path) -> anyhow::Result<LoopDevice> {
