@@ -131,3 +131,51 @@ fn demo_root_runs_test_init_through_a_busybox_overlay() {
     // The lower is untouched.
     assert_eq!(read_mounted(&demo.root_sqsh, "squashfs", "/data"), None);
 }
+
+/// The demo as a person uses it (busybox init, askfirst shell, motd): a file written before
+/// `reboot` is there after it. Booted through the busybox stand-in, so it tests the demo root
+/// and the console input of the harness, not overlay-init.
+#[test]
+fn demo_root_keeps_a_file_across_reboot_typed_on_the_console() {
+    let demo = demo();
+    let scratch = Scratch::new("smoke-demo-session");
+    let upper = fresh_copy(&demo.upper_ext4, &scratch, "upper.ext4");
+    let initramfs = scratch.join("initramfs.cpio");
+    let mut modules: Vec<String> = VIRTIO_BLK_MODULES
+        .iter()
+        .map(|name| name.to_string())
+        .collect();
+    modules.extend(["squashfs".into(), "overlay".into()]);
+    BusyboxInitramfs {
+        init_script: BUSYBOX_OVERLAY_INIT.into(),
+        modules,
+        ..Default::default()
+    }
+    .build(&initramfs);
+    let session = |typed: &str| BootSpec {
+        initrd: Initrd::Path(initramfs.clone()),
+        disks: vec![Disk::ro(&demo.root_sqsh), Disk::rw(&upper)],
+        // The kernel puts unknown NAME=VALUE parameters into init's environment.
+        append: "INIT=/sbin/init".into(),
+        triggers: vec![
+            Trigger {
+                after: "Please press Enter".into(),
+                action: Action::Console(b"\n".to_vec()),
+            },
+            Trigger {
+                after: "demo:/# ".into(),
+                action: Action::Console(typed.as_bytes().to_vec()),
+            },
+        ],
+        ..Default::default()
+    };
+
+    let first = boot(&session("echo kept-after-reboot > /hello; reboot\n"));
+    assert_marker(&first, "demo: the overlay root is up");
+    assert_marker(&first, "Try it:"); // the motd
+    assert_exit(&first, Exit::Reboot);
+
+    let second = boot(&session("cat /hello; poweroff\n"));
+    assert_marker(&second, "\nkept-after-reboot");
+    assert_exit(&second, Exit::PowerOff);
+}
