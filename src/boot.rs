@@ -17,6 +17,8 @@ use crate::sys::mount::{ensure_dir, mount_fs, move_mount};
 
 /// Where the new root is assembled inside the initramfs.
 pub const STAGING_DIR: &str = "/.ovl";
+/// Mounts that stay visible in the new system (extra lowers, an image's host).
+pub const KEEP_DIR: &str = "/run/overlay-init";
 /// Default bound on waiting for devices when neither `rootwait` nor `ovl.timeout` says.
 pub const DEFAULT_DEVICE_TIMEOUT: u32 = 30;
 
@@ -133,11 +135,11 @@ pub fn run_pid1() -> ! {
         }
     );
 
-    let staging = Staging::new(STAGING_DIR);
-    match assemble(&config, &staging, &mut timeline) {
-        Ok(()) => {}
+    let staging = Staging::new(STAGING_DIR, KEEP_DIR);
+    let upper = match assemble(&config, &staging, &mut timeline) {
+        Ok(upper) => upper,
         Err(e) => crate::fail::fatal(e.step, &e.error, config.onfail),
-    }
+    };
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let err = handover(
         &config,
@@ -146,6 +148,7 @@ pub fn run_pid1() -> ! {
         started,
         kmsg_ratelimit,
         &args,
+        &upper,
     );
     crate::fail::fatal(err.step, &err.error, config.onfail)
 }
@@ -155,7 +158,7 @@ pub fn assemble(
     config: &Config,
     staging: &Staging,
     timeline: &mut Timeline,
-) -> std::result::Result<(), StepError> {
+) -> std::result::Result<UpperKind, StepError> {
     timeline.step("modules", || {
         let index = Path::new(crate::modindex::INDEX_PATH);
         if index.exists() {
@@ -191,14 +194,32 @@ pub fn assemble(
         find_devices(config, &root_spec, upper_device.as_ref(), &lower_devices)
     })?;
 
-    timeline.step("lower", || {
-        mount_lower(
+    let main_lower = timeline.step("lower", || match &config.image {
+        None => mount_lower(
             &devices.root,
             config.rootfstype,
             config.rootflags.as_deref(),
             &staging.rom(),
-        )
+        ),
+        Some(image) => {
+            // root= holds the image file: mount it read-only, loop-mount the file.
+            let host = staging.image_host();
+            mount_lower(&devices.root, None, None, &host)?;
+            log::info!("ovl.image={image} on {}", devices.root.display());
+            mount_image(
+                &host,
+                image,
+                config.rootfstype,
+                config.rootflags.as_deref(),
+                &staging.rom(),
+            )
+        }
     })?;
+    // Image files named in ovl.lower= live on the root= filesystem.
+    let files_base = match config.image {
+        Some(_) => staging.image_host(),
+        None => staging.rom(),
+    };
     let mut lowers = vec![staging.rom()];
     timeline.step("extra lowers", || {
         let mut device_iter = devices.lowers.iter();
@@ -210,60 +231,134 @@ pub fn assemble(
                     mount_lower(dev, None, None, &target)?;
                 }
                 LowerSpec::File(path) => {
-                    bail!("ovl.lower={path}: image-file lowers are not supported yet");
+                    mount_image(&files_base, path, None, None, &target)?;
                 }
             }
             lowers.push(target);
         }
         Ok(())
     })?;
-
-    let upper_fs = staging.upper_fs();
-    timeline.step("upper", || {
-        match devices
-            .upper
-            .as_deref()
-            .map(|dev| mount_persistent_upper(dev, config.upperfstype, &upper_fs))
-        {
-            None => {
-                if config.reset {
-                    log::info!(
-                        "ovl.reset: the upper is a tmpfs, which starts empty; nothing to reset"
-                    );
-                }
-                overlay::mount_tmpfs_upper(&upper_fs, config.size)
-            }
-            Some(Ok(())) => Ok(()),
-            Some(Err(why)) => {
-                warn_box(
-                    "persistent upper not used, booting on a tmpfs upper",
-                    &[
-                        format!(
-                            "device: {}",
-                            devices
-                                .upper
-                                .as_ref()
-                                .map(|d| d.display().to_string())
-                                .unwrap_or_default()
-                        ),
-                        format!("reason: {why:#}"),
-                        "the device was left as it was; changes in this boot are lost at reboot"
-                            .into(),
-                    ],
-                );
-                overlay::mount_tmpfs_upper(&upper_fs, config.size)
-            }
-        }
-    })?;
-    let (upper, work) = timeline.step("upper dirs", || overlay::prepare_upper_dirs(&upper_fs))?;
-    timeline.step("overlay", || {
-        overlay::mount_overlay(&lowers, &upper, &work, &staging.root())
-    })?;
-    timeline.step("move layers", || overlay::move_layers_into_root(staging))?;
+    let upper = assemble_upper_and_overlay(
+        config,
+        staging,
+        &lowers,
+        main_lower,
+        devices.upper.as_deref(),
+        timeline,
+    )?;
     timeline.step("check init", || {
         sys::switch::check_init(&staging.root(), &config.init)
     })?;
-    Ok(())
+    Ok(upper)
+}
+
+/// What kind of upper the boot ended up with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpperKind {
+    Tmpfs,
+    Persistent(PathBuf),
+    /// A tmpfs because the persistent upper could not be used.
+    FallbackTmpfs {
+        device: PathBuf,
+        reason: String,
+    },
+}
+
+/// The upper (with reset and fallbacks), the overlay mount, and the moves of the
+/// layers into it. Shared by initramfs and router mode. `lower_dev` is the
+/// main lower's device number (a reset refuses to run on it).
+pub fn assemble_upper_and_overlay(
+    config: &Config,
+    staging: &Staging,
+    lowers: &[PathBuf],
+    lower_dev: u64,
+    upper_device: Option<&Path>,
+    timeline: &mut Timeline,
+) -> std::result::Result<UpperKind, StepError> {
+    let upper_fs = staging.upper_fs();
+    let mut kind = timeline.step("upper", || {
+        let Some(dev) = upper_device else {
+            if config.reset {
+                log::info!("ovl.reset: the upper is a tmpfs, which starts empty; nothing to reset");
+            }
+            overlay::mount_tmpfs_upper(&upper_fs, config.size)?;
+            return Ok(UpperKind::Tmpfs);
+        };
+        match mount_persistent_upper(dev, config.upperfstype, &upper_fs) {
+            Ok(()) => Ok(UpperKind::Persistent(dev.to_path_buf())),
+            Err(why) => fall_back_to_tmpfs(config, &upper_fs, dev, &why),
+        }
+    })?;
+    if let UpperKind::Persistent(dev) = &kind {
+        let dev = dev.clone();
+        kind = timeline.step("reset", || {
+            let flags = crate::reset::BootFlags {
+                cmdline_reset: config.reset,
+                failsafe: config.failsafe,
+            };
+            match crate::reset::apply_pending(&upper_fs, flags, Some(lower_dev)) {
+                Ok(outcome) => {
+                    log::debug!("reset: {outcome:?}");
+                    Ok(UpperKind::Persistent(dev.clone()))
+                }
+                Err(why) => {
+                    // A reset that did not finish left the old upper and the
+                    // request in place: boot clean on a tmpfs, retry next boot.
+                    sys::mount::umount(&upper_fs, false)?;
+                    fall_back_to_tmpfs(
+                        config,
+                        &upper_fs,
+                        &dev,
+                        &why.context("factory reset failed"),
+                    )
+                }
+            }
+        })?;
+    }
+    let (upper, work) = timeline.step("upper dirs", || overlay::prepare_upper_dirs(&upper_fs))?;
+    timeline.step("overlay", || {
+        overlay::mount_overlay(lowers, &upper, &work, &staging.root())
+    })?;
+    timeline.step("move layers", || overlay::move_layers_into_root(staging))?;
+    Ok(kind)
+}
+
+fn fall_back_to_tmpfs(
+    config: &Config,
+    upper_fs: &Path,
+    dev: &Path,
+    why: &anyhow::Error,
+) -> Result<UpperKind> {
+    warn_box(
+        "persistent upper not used, booting on a tmpfs upper",
+        &[
+            format!("device: {}", dev.display()),
+            format!("reason: {why:#}"),
+            "the device was left as it was; changes in this boot are lost at reboot".into(),
+        ],
+    );
+    overlay::mount_tmpfs_upper(upper_fs, config.size)?;
+    Ok(UpperKind::FallbackTmpfs {
+        device: dev.to_path_buf(),
+        reason: format!("{why:#}"),
+    })
+}
+
+/// Loop-mount the image file `path` (absolute, on the filesystem at `host`) read-only on `target`.
+fn mount_image(
+    host: &Path,
+    path: &str,
+    fstype: Option<FsType>,
+    flags: Option<&str>,
+    target: &Path,
+) -> Result<u64> {
+    let file = host.join(path.trim_start_matches('/'));
+    let loop_dev = sys::loopdev::attach_image(&file)?;
+    let dev = mount_lower(loop_dev.path(), fstype, flags, target)
+        .with_context(|| format!("image file {path}"))?;
+    // The mount holds the device now; autoclear frees it when the mount goes.
+    loop_dev.keep();
+    Ok(dev)
 }
 
 /// Devices found for the command line's specs.
@@ -343,18 +438,24 @@ pub fn detect_fstype(dev: &Path) -> Result<FsType> {
     }
 }
 
+/// Mount a read-only lower; returns the mounted filesystem's device number.
 fn mount_lower(
     dev: &Path,
     fstype: Option<FsType>,
     flags: Option<&str>,
     target: &Path,
-) -> Result<()> {
+) -> Result<u64> {
     let fstype = match fstype {
         Some(t) => t,
         None => detect_fstype(dev)?,
     };
-    log::info!("lower: {} ({fstype}) read-only", dev.display());
-    overlay::mount_lower(dev, fstype, flags, target)
+    log::info!(
+        "lower: {} ({fstype}) read-only on {}",
+        dev.display(),
+        target.display()
+    );
+    overlay::mount_lower(dev, fstype, flags, target)?;
+    sys::mount::dev_of(target)
 }
 
 fn mount_persistent_upper(dev: &Path, fstype: Option<FsType>, target: &Path) -> Result<()> {
@@ -396,6 +497,7 @@ fn handover(
     started: Instant,
     kmsg_ratelimit: Option<String>,
     args: &[OsString],
+    upper: &UpperKind,
 ) -> StepError {
     let root = staging.root();
     if let Err(e) = timeline.step("move api mounts", || {
@@ -432,6 +534,13 @@ fn handover(
         timeline.summary()
     );
     log::debug!("peak memory: {}", sys::kmsg::vm_hwm().unwrap_or_default());
+    if matches!(upper, UpperKind::Persistent(_)) {
+        // After the switch, so the child holds nothing of the initramfs; the
+        // trash is outside the overlay's view, so it cannot race the real init.
+        if let Err(e) = crate::reset::start_trash_cleanup(Path::new("/overlay")) {
+            log::warn!("reset: the old upper could not be scheduled for removal: {e:#}");
+        }
+    }
     sys::kmsg::restore_ratelimit(kmsg_ratelimit);
     let error = sys::switch::exec_init(&config.init, args);
     StepError {

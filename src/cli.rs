@@ -80,15 +80,53 @@ pub fn run(args: &[String]) -> i32 {
 }
 
 fn execute(inv: &Invocation) -> anyhow::Result<()> {
+    let overlay = inv.overlay.as_path();
     match inv.command {
-        Command::Help => {
-            print!("{USAGE}");
-            Ok(())
+        Command::Help => print!("{USAGE}"),
+        Command::Status => print!("{}", status_text(overlay)?),
+        Command::Reset { cancel: false } => {
+            crate::reset::request(overlay)?;
+            println!(
+                "factory reset requested: the next boot starts from the factory state \
+                 (cancel with: overlay-init reset --cancel)"
+            );
         }
-        Command::Status | Command::Reset { .. } | Command::MarkGood => {
-            anyhow::bail!("{:?} is not available in this build yet", inv.command)
+        Command::Reset { cancel: true } => {
+            if crate::reset::cancel(overlay)? {
+                println!("reset request cancelled");
+            } else {
+                println!("no reset was pending");
+            }
+        }
+        Command::MarkGood => {
+            anyhow::bail!("mark-good: the boot-attempt counter is not implemented yet")
         }
     }
+    Ok(())
+}
+
+/// The `status` report, one `key: value` per line.
+pub fn status_text(overlay: &std::path::Path) -> anyhow::Result<String> {
+    let reset = crate::reset::status(overlay)?;
+    let mut out = format!("overlay: {}\n", overlay.display());
+    out.push_str(&format!(
+        "reset: {}\n",
+        if reset.reset_pending {
+            format!(
+                "pending (requested by {})",
+                reset.requested_by.as_deref().unwrap_or("unknown")
+            )
+        } else {
+            "none pending".to_string()
+        }
+    ));
+    if reset.trash_generations > 0 {
+        out.push_str(&format!(
+            "trash: {} old generation(s) still being removed\n",
+            reset.trash_generations
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -14,12 +14,20 @@ use crate::sys::mount::{is_read_only, mount_fs, move_mount};
 /// Where the pieces are assembled before they move into the new root.
 #[derive(Debug, Clone)]
 pub struct Staging {
+    /// Scratch space that is left behind (the initramfs).
     pub dir: PathBuf,
+    /// Mounts that stay visible in the new system: extra lowers and the
+    /// filesystem holding an image file. `/run/overlay-init` at boot, which
+    /// moves into the new root with `/run`.
+    pub keep_dir: PathBuf,
 }
 
 impl Staging {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Staging { dir: dir.into() }
+    pub fn new(dir: impl Into<PathBuf>, keep_dir: impl Into<PathBuf>) -> Self {
+        Staging {
+            dir: dir.into(),
+            keep_dir: keep_dir.into(),
+        }
     }
     /// The main lower; becomes `/rom`.
     pub fn rom(&self) -> PathBuf {
@@ -27,7 +35,11 @@ impl Staging {
     }
     /// Extra lower number `n` (0-based, in `ovl.lower=` order).
     pub fn extra_lower(&self, n: usize) -> PathBuf {
-        self.dir.join(format!("lower{n}"))
+        self.keep_dir.join(format!("lower{n}"))
+    }
+    /// The filesystem holding the `ovl.image=` file (`root=`).
+    pub fn image_host(&self) -> PathBuf {
+        self.keep_dir.join("image-host")
     }
     /// The upper's filesystem; becomes `/overlay`.
     pub fn upper_fs(&self) -> PathBuf {
@@ -39,9 +51,12 @@ impl Staging {
     }
 }
 
-/// `upper/` and `work/` inside the upper's filesystem.
+/// `upper/` and `work/` inside the upper's filesystem (the layout is the reset's).
 pub fn upper_dirs(upper_fs: &Path) -> (PathBuf, PathBuf) {
-    (upper_fs.join("upper"), upper_fs.join("work"))
+    (
+        crate::reset::upperdir(upper_fs),
+        crate::reset::workdir(upper_fs),
+    )
 }
 
 /// The overlayfs mount data. Lowers are listed topmost first: the main lower,
@@ -161,12 +176,12 @@ mod tests {
 
     #[test]
     fn overlay_options_put_the_main_lower_on_top() {
-        let s = Staging::new("/.ovl");
+        let s = Staging::new("/.ovl", "/run/overlay-init");
         let (u, w) = upper_dirs(&s.upper_fs());
         let opts = overlay_options(&[s.rom(), s.extra_lower(0), s.extra_lower(1)], &u, &w).unwrap();
         assert_eq!(
             opts,
-            "lowerdir=/.ovl/rom:/.ovl/lower0:/.ovl/lower1,upperdir=/.ovl/overlay/upper,workdir=/.ovl/overlay/work"
+            "lowerdir=/.ovl/rom:/run/overlay-init/lower0:/run/overlay-init/lower1,upperdir=/.ovl/overlay/upper,workdir=/.ovl/overlay/work"
         );
     }
 

@@ -45,7 +45,7 @@ fn squashfs_lower_ext4_upper_moves_rom_and_overlay() {
         mkext4(&upper_img, 16, "upper", None);
         let lower = Loop::attach(&lower_img, true);
         let upper = Loop::attach(&upper_img, false);
-        let staging = Staging::new(dir.join("staging"));
+        let staging = Staging::new(dir.join("staging"), dir.join("keep"));
 
         assert_eq!(
             overlay_init::boot::detect_fstype(&lower.dev).unwrap(),
@@ -98,7 +98,7 @@ fn ext4_lower_tmpfs_upper() {
         let lower_img = dir.join("lower.ext4");
         mkext4(&lower_img, 8, "rom", Some(&src));
         let lower = Loop::attach(&lower_img, true);
-        let staging = Staging::new(dir.join("staging"));
+        let staging = Staging::new(dir.join("staging"), dir.join("keep"));
         let fstype = overlay_init::boot::detect_fstype(&lower.dev).unwrap();
         assert_eq!(fstype, FsType::Ext4);
         overlay::mount_lower(&lower.dev, fstype, Some("noload"), &staging.rom()).unwrap();
@@ -130,7 +130,7 @@ fn two_lowers_main_lower_wins() {
         mksquashfs(&extra_src, &extra_img);
         let main = Loop::attach(&main_img, true);
         let extra = Loop::attach(&extra_img, true);
-        let staging = Staging::new(dir.join("staging"));
+        let staging = Staging::new(dir.join("staging"), dir.join("keep"));
         overlay::mount_lower(&main.dev, FsType::Squashfs, None, &staging.rom()).unwrap();
         overlay::mount_lower(&extra.dev, FsType::Squashfs, None, &staging.extra_lower(0)).unwrap();
         overlay::mount_tmpfs_upper(&staging.upper_fs(), None).unwrap();
