@@ -179,3 +179,54 @@ fn demo_root_keeps_a_file_across_reboot_typed_on_the_console() {
     assert_marker(&second, "\nkept-after-reboot");
     assert_exit(&second, Exit::PowerOff);
 }
+
+/// A disk attached through the QEMU monitor while the guest runs shows up in the guest
+/// (what the late-device tests build on).
+#[test]
+fn disk_hotplugged_through_the_monitor_appears_in_the_guest() {
+    let scratch = Scratch::new("smoke-hotplug");
+    let disk = scratch.join("late.img");
+    make_ext4(&disk, 8, None, &["-L", "late"]);
+    let initramfs = scratch.join("initramfs.cpio");
+    BusyboxInitramfs {
+        init_script: format!(
+            "busybox mount -t devtmpfs devtmpfs /dev\n{INSMOD_ALL}echo SMOKE: waiting for vda\n\
+             until [ -b /dev/vda ]; do busybox sleep 0.1; done\n\
+             echo SMOKE: got label=$(busybox dd if=/dev/vda bs=1 skip=1144 count=4 2>/dev/null)\nbusybox poweroff -f\n"
+        ),
+        modules: VIRTIO_BLK_MODULES
+            .iter()
+            .map(|name| name.to_string())
+            .collect(),
+        ..Default::default()
+    }
+    .build(&initramfs);
+    let monitor = scratch.join("monitor.sock");
+    let attach = |command: String| Trigger {
+        after: "SMOKE: waiting for vda".into(),
+        action: Action::Monitor(command),
+    };
+
+    let result = boot(&BootSpec {
+        initrd: Initrd::Path(initramfs),
+        monitor: Some(monitor),
+        triggers: vec![
+            attach(format!(
+                "drive_add 0 if=none,id=late,format=raw,file={}",
+                disk.display()
+            )),
+            attach("device_add virtio-blk-pci,drive=late,id=late-disk".into()),
+        ],
+        timeout: Duration::from_secs(60),
+        ..Default::default()
+    });
+
+    assert_eq!(
+        result.monitor_replies.first().map(|reply| reply.trim()),
+        Some("OK"),
+        "{result:?}"
+    );
+    // The ext4 label sits 120 bytes into the superblock, at 1024.
+    assert_marker(&result, "SMOKE: got label=late");
+    assert_exit(&result, Exit::PowerOff);
+}
