@@ -31,9 +31,10 @@ fn mounted_fstype(path: &Path) -> String {
     let canon = fs::canonicalize(path).unwrap();
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
     info.lines()
+        .rev()
         .filter(|l| l.split(' ').nth(4) == Some(&*canon.to_string_lossy()))
         .filter_map(|l| l.split(" - ").nth(1)?.split(' ').next().map(str::to_string))
-        .last()
+        .next()
         .unwrap_or_default()
 }
 
