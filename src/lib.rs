@@ -17,6 +17,7 @@ pub mod modindex;
 pub mod overlay;
 pub mod probe;
 pub mod reset;
+pub mod router;
 pub mod switch;
 pub mod sys;
 pub mod uevent;

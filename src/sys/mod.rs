@@ -6,6 +6,7 @@ pub mod kmsg;
 pub mod loopdev;
 pub mod modules;
 pub mod mount;
+pub mod pivot;
 pub mod power;
 pub mod switch;
 pub mod uevent;
