@@ -5,11 +5,13 @@
 //! unit tests can reach; only `sys` talks to the kernel.
 
 pub mod boot;
+pub mod bootcount;
 pub mod cli;
 pub mod cmdline;
 pub mod devices;
 pub mod devspec;
 pub mod fail;
+pub mod failsafe;
 pub mod fstype;
 pub mod initramfs;
 pub mod logger;
@@ -17,6 +19,7 @@ pub mod modindex;
 pub mod overlay;
 pub mod probe;
 pub mod reset;
+pub mod state;
 pub mod router;
 pub mod switch;
 pub mod sys;

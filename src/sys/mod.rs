@@ -1,6 +1,7 @@
 //! The only place that talks to the kernel. Every `unsafe` block lives here,
 //! each with a SAFETY note.
 pub mod blockdev;
+pub mod console_key;
 pub mod io;
 pub mod kmsg;
 pub mod loopdev;
