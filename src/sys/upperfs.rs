@@ -1,0 +1,96 @@
+//! A persistent upper is first mounted read-only, looked at (boot counter,
+//! free space), and only then made writable: a device that will not be used
+//! is never written to.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use rustix::mount::{mount_remount, MountFlags};
+
+/// Below this much free space (or these few free inodes) an upper is full:
+/// the real init would fail on its first writes.
+pub const MIN_FREE_BYTES: u64 = 512 * 1024;
+pub const MIN_FREE_INODES: u64 = 32;
+
+/// Free space on a filesystem, as root sees it (reserved blocks count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreeSpace {
+    pub bytes: u64,
+    /// `None` on filesystems without an inode count.
+    pub inodes: Option<u64>,
+}
+
+impl FreeSpace {
+    /// Why the filesystem is too full for an upper, if it is.
+    pub fn full_reason(&self) -> Option<String> {
+        if self.bytes < MIN_FREE_BYTES {
+            return Some(format!(
+                "full: {} KiB free (an upper needs at least {} KiB)",
+                self.bytes / 1024,
+                MIN_FREE_BYTES / 1024
+            ));
+        }
+        match self.inodes {
+            Some(n) if n < MIN_FREE_INODES => Some(format!(
+                "full: {n} free inodes (an upper needs at least {MIN_FREE_INODES})"
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// `statvfs` of the filesystem at `path`.
+pub fn free_space(path: &Path) -> Result<FreeSpace> {
+    let st = rustix::fs::statvfs(path).with_context(|| format!("statvfs {}", path.display()))?;
+    let bytes = st.f_bfree.saturating_mul(st.f_frsize);
+    let inodes = (st.f_files > 0).then_some(st.f_ffree);
+    Ok(FreeSpace { bytes, inodes })
+}
+
+/// Remount the filesystem at `target` read-write and check that it is.
+pub fn remount_read_write(target: &Path, dev: &Path) -> Result<()> {
+    mount_remount(target, MountFlags::NODEV, "")
+        .with_context(|| format!("remount {} read-write", dev.display()))?;
+    if crate::sys::mount::is_read_only(target)? {
+        bail!(
+            "{} stayed read-only after a read-write remount (write-protected?)",
+            dev.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_when_bytes_or_inodes_run_out() {
+        let roomy = FreeSpace {
+            bytes: 10 << 20,
+            inodes: Some(1000),
+        };
+        assert_eq!(roomy.full_reason(), None);
+        let no_bytes = FreeSpace {
+            bytes: 4096,
+            ..roomy
+        };
+        assert!(no_bytes.full_reason().unwrap().contains("4 KiB free"));
+        let no_inodes = FreeSpace {
+            inodes: Some(3),
+            ..roomy
+        };
+        assert!(no_inodes.full_reason().unwrap().contains("3 free inodes"));
+        let no_inode_count = FreeSpace {
+            inodes: None,
+            ..roomy
+        };
+        assert_eq!(no_inode_count.full_reason(), None);
+    }
+
+    #[test]
+    fn free_space_of_a_real_directory() {
+        let space = free_space(&std::env::temp_dir()).unwrap();
+        assert!(space.bytes > 0);
+    }
+}
