@@ -83,7 +83,17 @@ fn execute(inv: &Invocation) -> anyhow::Result<()> {
     let overlay = inv.overlay.as_path();
     match inv.command {
         Command::Help => print!("{USAGE}"),
-        Command::Status => print!("{}", status_text(overlay)?),
+        Command::Status => {
+            let state_path = std::path::Path::new(crate::state::STATE_PATH);
+            match crate::state::read(state_path)? {
+                Some(state) => state.describe().iter().for_each(|l| println!("{l}")),
+                None => println!(
+                    "mode: unknown (no {}: not booted by overlay-init?)",
+                    state_path.display()
+                ),
+            }
+            print!("{}", status_text(overlay)?)
+        }
         Command::Reset { cancel: false } => {
             crate::reset::request(overlay)?;
             println!(
@@ -99,7 +109,8 @@ fn execute(inv: &Invocation) -> anyhow::Result<()> {
             }
         }
         Command::MarkGood => {
-            anyhow::bail!("mark-good: the boot-attempt counter is not implemented yet")
+            let cleared = crate::bootcount::clear(overlay)?;
+            println!("boot marked good: boot-attempt counter cleared (was {cleared})");
         }
     }
     Ok(())
