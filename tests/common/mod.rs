@@ -399,6 +399,29 @@ impl BootResult {
         self.console.contains(text)
     }
 
+    /// What the test command printed: the console lines after test-init's
+    /// `OVLTEST: pid=` line (which echoes the script, so markers written in the
+    /// script itself never match) up to `OVLTEST: exit=`.
+    pub fn output(&self) -> &str {
+        let Some(start) = self.console.find("OVLTEST: pid=") else {
+            return "";
+        };
+        let rest = &self.console[start..];
+        let rest = rest.find('\n').map_or("", |nl| &rest[nl + 1..]);
+        rest.find("OVLTEST: exit=").map_or(rest, |end| &rest[..end])
+    }
+
+    /// The rest of every line of [`BootResult::output`] that contains `prefix`.
+    pub fn output_values(&self, prefix: &str) -> Vec<&str> {
+        self.output()
+            .lines()
+            .filter_map(|line| {
+                line.find(prefix)
+                    .map(|at| line[at + prefix.len()..].trim_end())
+            })
+            .collect()
+    }
+
     /// The rest of every console line that contains `prefix`, after it.
     pub fn values(&self, prefix: &str) -> Vec<&str> {
         self.console
@@ -433,6 +456,24 @@ pub fn assert_marker(result: &BootResult, marker: &str) {
     assert!(
         result.contains(marker),
         "console lacks {marker:?}\n{result:?}"
+    );
+}
+
+/// The test command printed `text` (see [`BootResult::output`]).
+#[track_caller]
+pub fn assert_output(result: &BootResult, text: &str) {
+    assert!(
+        result.output().contains(text),
+        "the test command did not print {text:?}\n{result:?}"
+    );
+}
+
+/// The test command did not print `text`.
+#[track_caller]
+pub fn assert_no_output(result: &BootResult, text: &str) {
+    assert!(
+        !result.output().contains(text),
+        "the test command printed {text:?}\n{result:?}"
     );
 }
 

@@ -1,0 +1,164 @@
+//! The boot path end to end in QEMU (issue 2): overlay-init as `/init` of an
+//! initramfs, the demo root as the lower, and `/sbin/test-init` as the real init,
+//! whose markers on the serial console these tests read. Every boot has a hard
+//! timeout (the harness's `BootSpec::timeout`).
+//!
+//! Run: `cargo test --test qemu_boot` (as root; builds the artifacts on first use).
+
+mod common;
+
+use common::*;
+
+/// A test-init script on the demo root, with a tmpfs upper unless `extra` says otherwise.
+fn boot_with(disks: Vec<Disk>, extra: &str, script: &str) -> BootResult {
+    boot(&BootSpec {
+        append: format!("root=/dev/vda {extra} {}", test_init_args(script)),
+        disks,
+        quiet: true,
+        ..Default::default()
+    })
+}
+
+/// Prints `MOUNT <mountpoint> <fstype>` for `/`, `/rom` and `/overlay`.
+const SHOW_MOUNTS: &str =
+    "while read dev mp fs rest; do case $mp in /|/rom|/overlay) echo MOUNT $mp $fs;; esac; done < /proc/mounts";
+
+#[test]
+fn squashfs_lower_tmpfs_upper_forgets_writes_at_reboot() {
+    let a = artifacts();
+    let first = boot_with(
+        vec![Disk::ro(&a.root_sqsh)],
+        "",
+        &format!(
+            "{SHOW_MOUNTS}; echo written > /etc/new-file; echo CONTENT=$(cat /etc/new-file); test -d /rom/etc"
+        ),
+    );
+    assert_test_passed(&first);
+    assert_output(&first, "MOUNT / overlay");
+    assert_output(&first, "MOUNT /rom squashfs");
+    assert_output(&first, "MOUNT /overlay tmpfs");
+    assert_output(&first, "CONTENT=written");
+
+    let second = boot_with(
+        vec![Disk::ro(&a.root_sqsh)],
+        "",
+        "echo NEW-FILE=$(test -e /etc/new-file && echo present || echo absent)",
+    );
+    assert_test_passed(&second);
+    assert_output(&second, "NEW-FILE=absent");
+}
+
+#[test]
+fn ext4_lower_tmpfs_upper() {
+    let a = artifacts();
+    let result = boot_with(
+        vec![Disk::ro(&a.root_ext4)],
+        "ovl.size=32M",
+        &format!("{SHOW_MOUNTS}; echo ok > /x; cat /x; grep -o size=[0-9a-z]* /proc/mounts"),
+    );
+    assert_test_passed(&result);
+    assert_output(&result, "MOUNT / overlay");
+    assert_output(&result, "MOUNT /rom ext4");
+    assert_output(&result, "size=32768k");
+    assert_marker(&result, "lower: /dev/vda (ext4) read-only");
+}
+
+#[test]
+fn erofs_lower_with_explicit_rootfstype() {
+    let a = artifacts();
+    let result = boot_with(
+        vec![Disk::ro(&a.root_erofs)],
+        "rootfstype=erofs",
+        SHOW_MOUNTS,
+    );
+    assert_test_passed(&result);
+    assert_output(&result, "MOUNT /rom erofs");
+}
+
+#[test]
+fn ext4_upper_persists_across_boots_in_overlay_upper() {
+    let a = artifacts();
+    let scratch = Scratch::new("boot-persist");
+    let upper = fresh_copy(&a.upper_ext4, &scratch, "upper.ext4");
+    let disks = || vec![Disk::ro(&a.root_sqsh), Disk::rw(&upper)];
+
+    let first = boot_with(
+        disks(),
+        "ovl.upper=/dev/vdb",
+        &format!("{SHOW_MOUNTS}; echo boot-one > /root/kept; sync"),
+    );
+    assert_test_passed(&first);
+    assert_output(&first, "MOUNT /overlay ext4");
+
+    let second = boot_with(disks(), "ovl.upper=/dev/vdb", "echo KEPT=$(cat /root/kept)");
+    assert_test_passed(&second);
+    assert_output(&second, "KEPT=boot-one");
+
+    // On the disk itself, the file sits in upper/ (read without mounting).
+    assert_eq!(
+        ext4_read_file(&upper, "/upper/root/kept").as_deref(),
+        Some(&b"boot-one\n"[..])
+    );
+    let top = ext4_list_dir(&upper, "/").expect("root directory of the upper");
+    assert!(
+        top.iter().any(|n| n == "work"),
+        "no work/ on the upper: {top:?}"
+    );
+}
+
+#[test]
+fn two_lowers_topmost_wins() {
+    let a = artifacts();
+    let scratch = Scratch::new("boot-two-lowers");
+    let extra_dir = scratch.join("extra");
+    write_file(
+        &extra_dir.join("only-in-extra"),
+        "from the extra layer\n",
+        0o644,
+    );
+    // Both layers hold /etc/hostname; the main lower is on top and wins.
+    write_file(&extra_dir.join("etc/hostname"), "extra-layer\n", 0o644);
+    let extra = scratch.join("extra.sqsh");
+    make_squashfs(&extra_dir, &extra);
+    let main_hostname = std::fs::read_to_string(a.root_dir.join("etc/hostname"))
+        .expect("the demo root has /etc/hostname");
+
+    let result = boot_with(
+        vec![Disk::ro(&a.root_sqsh), Disk::ro(&extra)],
+        "ovl.lower=/dev/vdb",
+        "echo EXTRA=$(cat /only-in-extra); echo HOST=$(cat /etc/hostname); echo HAS-BUSYBOX=$(test -x /bin/busybox && echo yes)",
+    );
+    assert_test_passed(&result);
+    assert_output(&result, "EXTRA=from the extra layer");
+    assert_output(&result, &format!("HOST={}", main_hostname.trim()));
+    assert_output(&result, "HAS-BUSYBOX=yes");
+}
+
+#[test]
+fn real_init_is_pid1_with_args_and_the_initramfs_is_freed() {
+    let a = artifacts();
+    let result = boot(&BootSpec {
+        append: "root=/dev/vda init=/sbin/test-init -- \"echo ARGC=$#; echo PID=$$; echo INIT=$(test -e /init && echo present || echo absent); echo STAGING=$(test -e /.ovl && echo present || echo absent)\" second-arg".into(),
+        disks: vec![Disk::ro(&a.root_sqsh)],
+        quiet: true,
+        ..Default::default()
+    });
+    assert_test_passed(&result);
+    // test-init runs "$*" as a script: its own pid and both arguments arrive.
+    assert_marker(&result, "OVLTEST: pid=1 args=echo ARGC");
+    assert_marker(&result, "second-arg");
+    assert_output(&result, "PID=1");
+    assert_output(&result, "INIT=absent");
+    assert_output(&result, "STAGING=absent");
+    // The old root keeps only the two directories the new root was mounted under.
+    let freed = result.values("initramfs freed: ");
+    let line = freed
+        .first()
+        .unwrap_or_else(|| panic!("no 'initramfs freed' line\n{result:?}"));
+    let removed: u64 = line.split(' ').next().unwrap().parse().unwrap();
+    assert!(
+        removed >= 14,
+        "init, console, index and 11 modules at least: {line}"
+    );
+    assert!(line.contains(", 2 kept"), "{line}");
+}
