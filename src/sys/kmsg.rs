@@ -9,7 +9,8 @@ const DEVKMSG: &str = "/proc/sys/kernel/printk_devkmsg";
 /// rate-limits userspace writes by default). Returns the old setting.
 pub fn lift_ratelimit() -> Option<String> {
     let old = fs::read_to_string(DEVKMSG).ok()?.trim().to_string();
-    if old == "ratelimit" && fs::write(DEVKMSG, "on").is_ok() {
+    // The kernel takes a value only with its trailing newline (EINVAL otherwise).
+    if old == "ratelimit" && fs::write(DEVKMSG, "on\n").is_ok() {
         return Some(old);
     }
     None
@@ -18,7 +19,7 @@ pub fn lift_ratelimit() -> Option<String> {
 /// Put the rate limit back before the real init takes over.
 pub fn restore_ratelimit(old: Option<String>) {
     if let Some(old) = old {
-        let _ = fs::write(DEVKMSG, old);
+        let _ = fs::write(DEVKMSG, format!("{old}\n"));
     }
 }
 
