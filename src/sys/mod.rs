@@ -10,6 +10,6 @@ pub mod mount;
 pub mod pivot;
 pub mod power;
 pub mod switch;
-pub mod upperfs;
 pub mod uevent;
+pub mod upperfs;
 pub mod wipe;
