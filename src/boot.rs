@@ -73,18 +73,22 @@ pub const API_MOUNTS: &[(&str, &str, &str, &str)] = &[
 /// Mount /proc, /sys, /dev and /run (an already-mounted one is left alone).
 pub fn mount_api_filesystems() -> Result<()> {
     for (source, target, fstype, data) in API_MOUNTS {
-        let target = Path::new(target);
-        if sys::mount::is_mountpoint(target) {
-            continue;
-        }
-        let flags = match *fstype {
-            "proc" | "sysfs" => MountFlags::NODEV | MountFlags::NOEXEC | MountFlags::NOSUID,
-            "devtmpfs" => MountFlags::NOSUID,
-            _ => MountFlags::NODEV | MountFlags::NOSUID,
-        };
-        mount_fs(source, target, fstype, flags, data)?;
+        mount_api_filesystem(source, Path::new(target), fstype, data)?;
     }
     Ok(())
+}
+
+/// Mount one [`API_MOUNTS`] entry unless something is mounted there already.
+pub fn mount_api_filesystem(source: &str, target: &Path, fstype: &str, data: &str) -> Result<()> {
+    if sys::mount::is_mountpoint(target) {
+        return Ok(());
+    }
+    let flags = match fstype {
+        "proc" | "sysfs" => MountFlags::NODEV | MountFlags::NOEXEC | MountFlags::NOSUID,
+        "devtmpfs" => MountFlags::NOSUID,
+        _ => MountFlags::NODEV | MountFlags::NOSUID,
+    };
+    mount_fs(source, target, fstype, flags, data)
 }
 
 /// The entry point when running as PID 1 from an initramfs. Never returns.
@@ -99,7 +103,44 @@ pub fn run_pid1() -> ! {
     crate::logger::attach_kmsg();
     let kmsg_ratelimit = sys::kmsg::lift_ratelimit();
     let uptime_start = sys::kmsg::uptime();
+    let config = load_config();
+    log::info!(
+        "starting (uptime {:.3} s): root={} upper={}",
+        uptime_start.unwrap_or_default(),
+        config
+            .root
+            .as_ref()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "(none)".into()),
+        match &config.upper {
+            UpperSpec::Tmpfs => "tmpfs".to_string(),
+            UpperSpec::Device(d) => d.to_string(),
+        }
+    );
 
+    let early_failsafe = failsafe::early_reason(&config, failsafe_key_window(&config));
+    let staging = Staging::new(STAGING_DIR, KEEP_DIR);
+    let upper = match assemble(&config, &staging, &mut timeline, early_failsafe) {
+        Ok(upper) => upper,
+        Err(e) => crate::fail::fatal(e.step, &e.error, config.onfail),
+    };
+    record_boot(&config, &staging, &upper);
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let err = handover(
+        &config,
+        &staging,
+        &mut timeline,
+        started,
+        kmsg_ratelimit,
+        &args,
+        &upper,
+    );
+    crate::fail::fatal(err.step, &err.error, config.onfail)
+}
+
+/// Read and check `/proc/cmdline`: problems are logged, a fatal one ends the
+/// boot (with the failure handler). Sets the log level and the panic hook.
+pub fn load_config() -> Config {
     let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let parsed = cmdline::parse(cmdline_text.trim_end());
     crate::logger::set_debug(parsed.config.debug);
@@ -122,47 +163,12 @@ pub fn run_pid1() -> ! {
         let err = anyhow!("{}", names.join("; "));
         crate::fail::fatal("command line", &err, config.onfail);
     }
-    log::info!(
-        "starting (uptime {:.3} s): root={} upper={}",
-        uptime_start.unwrap_or_default(),
-        config
-            .root
-            .as_ref()
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| "(none)".into()),
-        match &config.upper {
-            UpperSpec::Tmpfs => "tmpfs".to_string(),
-            UpperSpec::Device(d) => d.to_string(),
-        }
-    );
-
-    let early_failsafe = failsafe::early_reason(&config, failsafe_key_window(&config));
-    let staging = Staging::new(STAGING_DIR, KEEP_DIR);
-    let upper = match assemble(&config, &staging, &mut timeline, early_failsafe) {
-        Ok(upper) => upper,
-        Err(e) => crate::fail::fatal(e.step, &e.error, config.onfail),
-    };
-    let boot_attempts = count_boot_attempt(&config, &staging, &upper);
-    let state = boot_state(&config, &upper, boot_attempts);
-    if let Err(e) = crate::state::write(Path::new(crate::state::STATE_PATH), &state) {
-        log::warn!("`overlay-init status` will not know this boot: {e:#}");
-    }
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let err = handover(
-        &config,
-        &staging,
-        &mut timeline,
-        started,
-        kmsg_ratelimit,
-        &args,
-        &upper,
-    );
-    crate::fail::fatal(err.step, &err.error, config.onfail)
+    config
 }
 
 /// The failsafe key window (`ovl.failsafe_wait=N`, a console attached): was
 /// `f` + Enter typed?
-fn failsafe_key_window(config: &Config) -> bool {
+pub fn failsafe_key_window(config: &Config) -> bool {
     let Some(window) = failsafe::key_window(config, sys::console_key::console_attached()) else {
         return false;
     };
@@ -176,6 +182,29 @@ fn failsafe_key_window(config: &Config) -> bool {
         Err(e) => {
             log::warn!("failsafe key window: {e:#}");
             false
+        }
+    }
+}
+
+/// Before the handover, with the upper at `/overlay` in the new root: count
+/// the boot attempt and write the state file for `overlay-init status`.
+/// Shared by initramfs and router mode; failures are warnings.
+pub fn record_boot(config: &Config, staging: &Staging, upper: &UpperKind) {
+    let boot_attempts = count_boot_attempt(config, staging, upper);
+    let state = boot_state(config, upper, boot_attempts);
+    if let Err(e) = crate::state::write(Path::new(crate::state::STATE_PATH), &state) {
+        log::warn!("`overlay-init status` will not know this boot: {e:#}");
+    }
+}
+
+/// After the switch into the new root, with the upper at `/overlay`: remove
+/// what a factory reset moved aside, in the background. Shared by both modes.
+pub fn start_trash_cleanup(upper: &UpperKind) {
+    if matches!(upper, UpperKind::Persistent(_)) {
+        // After the switch, so the child holds nothing of the initramfs; the
+        // trash is outside the overlay's view, so it cannot race the real init.
+        if let Err(e) = crate::reset::start_trash_cleanup(Path::new("/overlay")) {
+            log::warn!("reset: the old upper could not be scheduled for removal: {e:#}");
         }
     }
 }
@@ -334,6 +363,7 @@ pub fn assemble(
         early_failsafe,
         timeline,
     )?;
+    timeline.step("move layers", || overlay::move_layers_into_root(staging))?;
     timeline.step("check init", || {
         sys::switch::check_init(&staging.root(), &config.init)
     })?;
@@ -486,7 +516,6 @@ pub fn assemble_upper_and_overlay(
             (Err(why), _) => Err(why),
         }
     })?;
-    timeline.step("move layers", || overlay::move_layers_into_root(staging))?;
     Ok(kind)
 }
 
@@ -532,7 +561,7 @@ fn fall_back_to_tmpfs(
 }
 
 /// Loop-mount the image file `path` (absolute, on the filesystem at `host`) read-only on `target`.
-fn mount_image(
+pub fn mount_image(
     host: &Path,
     path: &str,
     fstype: Option<FsType>,
@@ -626,7 +655,7 @@ pub fn detect_fstype(dev: &Path) -> Result<FsType> {
 }
 
 /// Mount a read-only lower; returns the mounted filesystem's device number.
-fn mount_lower(
+pub fn mount_lower(
     dev: &Path,
     fstype: Option<FsType>,
     flags: Option<&str>,
@@ -768,13 +797,7 @@ fn handover(
         timeline.summary()
     );
     log::debug!("peak memory: {}", sys::kmsg::vm_hwm().unwrap_or_default());
-    if matches!(upper, UpperKind::Persistent(_)) {
-        // After the switch, so the child holds nothing of the initramfs; the
-        // trash is outside the overlay's view, so it cannot race the real init.
-        if let Err(e) = crate::reset::start_trash_cleanup(Path::new("/overlay")) {
-            log::warn!("reset: the old upper could not be scheduled for removal: {e:#}");
-        }
-    }
+    start_trash_cleanup(upper);
     sys::kmsg::restore_ratelimit(kmsg_ratelimit);
     let error = sys::switch::exec_init(&config.init, args);
     StepError {
