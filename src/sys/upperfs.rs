@@ -12,7 +12,9 @@ use rustix::mount::{mount_remount, MountFlags};
 pub const MIN_FREE_BYTES: u64 = 512 * 1024;
 pub const MIN_FREE_INODES: u64 = 32;
 
-/// Free space on a filesystem, as root sees it (reserved blocks count).
+/// Free space on a filesystem as `df` shows it: what is available to ordinary
+/// users. Blocks reserved for root do not count (ext4 also holds back a few
+/// clusters even from root), so a disk filled by root reads as full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FreeSpace {
     pub bytes: u64,
@@ -42,8 +44,8 @@ impl FreeSpace {
 /// `statvfs` of the filesystem at `path`.
 pub fn free_space(path: &Path) -> Result<FreeSpace> {
     let st = rustix::fs::statvfs(path).with_context(|| format!("statvfs {}", path.display()))?;
-    let bytes = st.f_bfree.saturating_mul(st.f_frsize);
-    let inodes = (st.f_files > 0).then_some(st.f_ffree);
+    let bytes = st.f_bavail.saturating_mul(st.f_frsize);
+    let inodes = (st.f_files > 0).then_some(st.f_favail);
     Ok(FreeSpace { bytes, inodes })
 }
 
