@@ -5,6 +5,7 @@
 //! unit tests can reach; only `sys` talks to the kernel.
 
 pub mod boot;
+pub mod boot_router;
 pub mod bootcount;
 pub mod cli;
 pub mod cmdline;

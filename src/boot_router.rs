@@ -1,0 +1,291 @@
+//! PID 1 in router mode: the kernel mounted the root itself (`root=... init=/sbin/overlay-init`,
+//! no initramfs), so `/` is the lower. The upper, reset, failsafe and fallbacks are the
+//! initramfs mode's own ([`boot::assemble_upper_and_overlay`]); what differs is around them:
+//!
+//! - the API filesystems are mounted only where the read-only root has a directory for them
+//!   (OpenWrt images have no `/run`);
+//! - `root=` is not waited for (it is mounted), only `ovl.upper=` and `ovl.lower=` devices;
+//! - kernel modules are optional: loaded from `/lib/modules/overlay-init.index` on the root
+//!   when it exists (a router kernel has what it needs built in);
+//! - the assembly happens on a small staging tmpfs over `/tmp` (see [`router`]), the real
+//!   init is `ovl.init=` or `/sbin/init` ([`router::real_init`]: the kernel's `init=` names
+//!   overlay-init itself), and `pivot_root` puts the old root at `/rom`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::boot::{self, StepError, Timeline, UpperKind};
+use crate::cmdline::{Config, LowerSpec, UpperSpec};
+use crate::devspec::DeviceSpec;
+use crate::router::{self, RootMount};
+use crate::sys;
+
+/// The API mounts router mode moves into the overlay, in an order that keeps
+/// `/proc` (which `is_mountpoint` reads) for last.
+pub const MOVED_API_MOUNTS: &[&str] = &["/run", "/dev", "/sys", "/proc"];
+
+/// Which [`boot::API_MOUNTS`] entries router mode mounts: those whose directory
+/// exists on the root (it is read-only: a missing one cannot be created).
+pub fn api_mounts_to_mount(dir_exists: impl Fn(&Path) -> bool) -> Vec<&'static str> {
+    boot::API_MOUNTS
+        .iter()
+        .map(|(_, target, _, _)| *target)
+        .filter(|target| dir_exists(Path::new(target)))
+        .collect()
+}
+
+/// What router mode refuses before touching anything: `ovl.image=` needs the
+/// lower mounted from a file, but here the kernel's root already is the lower.
+pub fn check_router_config(config: &Config) -> Result<()> {
+    if let Some(image) = &config.image {
+        bail!(
+            "ovl.image={image} needs initramfs mode: in router mode the root the kernel mounted \
+             is the lower (boot with an initramfs, or put the image's content on root=)"
+        );
+    }
+    Ok(())
+}
+
+/// The devices router mode waits for: the `ovl.lower=` devices (a missing one is
+/// fatal) and the upper (a missing one degrades to tmpfs).
+#[derive(Debug, Default)]
+pub struct RouterDevices {
+    pub upper: Option<PathBuf>,
+    pub lowers: Vec<PathBuf>,
+}
+
+/// The entry point when running as PID 1 on a root the kernel mounted. Never returns.
+pub fn run_router_pid1() -> ! {
+    let started = Instant::now();
+    crate::logger::init_pid1(false);
+    crate::fail::install_panic_hook(None);
+    let mut timeline = Timeline::default();
+    if let Err(e) = timeline.step("api mounts", mount_api_filesystems) {
+        crate::fail::fatal(e.step, &e.error, None);
+    }
+    crate::logger::attach_kmsg();
+    let kmsg_ratelimit = sys::kmsg::lift_ratelimit();
+    let uptime_start = sys::kmsg::uptime();
+    let config = boot::load_config();
+    let root = match router::detect_boot_mode() {
+        Ok(router::BootMode::Router(root)) => root,
+        Ok(router::BootMode::Initramfs) => {
+            // main() judged by statfs; mountinfo disagrees. Say so, carry on.
+            log::warn!("mountinfo shows an initramfs at /, but / is not a ramfs/tmpfs");
+            unknown_root()
+        }
+        Err(e) => {
+            log::warn!("boot mode: {e:#}");
+            unknown_root()
+        }
+    };
+    log::info!(
+        "starting in router mode (uptime {:.3} s): / is {} from {} ({}), upper={}",
+        uptime_start.unwrap_or_default(),
+        root.fstype,
+        root.source,
+        if root.read_only { "ro" } else { "rw" },
+        match &config.upper {
+            UpperSpec::Tmpfs => "tmpfs".to_string(),
+            UpperSpec::Device(d) => d.to_string(),
+        }
+    );
+    let argv0 = std::env::args().next().unwrap_or_default();
+    let (init, staging, upper) = match assemble_router(&config, &argv0, &mut timeline) {
+        Ok(done) => done,
+        Err(e) => crate::fail::fatal(e.step, &e.error, config.onfail),
+    };
+    boot::record_boot(&config, &staging, &upper);
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if let Err(e) = timeline.step("pivot root", || {
+        router::pivot_into_overlay(&staging, MOVED_API_MOUNTS)
+    }) {
+        crate::fail::fatal(e.step, &e.error, config.onfail);
+    }
+    let _ = sys::switch::reopen_console();
+    crate::logger::attach_kmsg();
+    log::info!(
+        "handover to {init} after {:.1} ms (uptime {:.3} s): {}",
+        started.elapsed().as_secs_f64() * 1e3,
+        sys::kmsg::uptime().unwrap_or_default(),
+        timeline.summary()
+    );
+    boot::start_trash_cleanup(&upper);
+    sys::kmsg::restore_ratelimit(kmsg_ratelimit);
+    let error = sys::switch::exec_init(&init, &args);
+    crate::fail::fatal("exec init", &error, config.onfail)
+}
+
+fn unknown_root() -> RootMount {
+    RootMount {
+        fstype: "unknown".into(),
+        source: "/dev/root".into(),
+        device: String::new(),
+        read_only: sys::mount::is_read_only(Path::new("/")).unwrap_or(true),
+    }
+}
+
+/// Mount /proc, /sys, /dev, and /run where the root has a directory for it.
+fn mount_api_filesystems() -> Result<()> {
+    let wanted = api_mounts_to_mount(|p| p.is_dir());
+    for (source, target, fstype, data) in boot::API_MOUNTS {
+        if wanted.contains(target) {
+            boot::mount_api_filesystem(source, Path::new(target), fstype, data)?;
+        } else {
+            log::info!("{target} is not a directory on the root: not mounting {fstype} there");
+        }
+    }
+    Ok(())
+}
+
+/// Everything up to a checked overlay at `staging.root()` with the upper at
+/// `/overlay` inside it: returns the real init, the staging, and the upper kind.
+fn assemble_router(
+    config: &Config,
+    argv0: &str,
+    timeline: &mut Timeline,
+) -> std::result::Result<(String, crate::overlay::Staging, UpperKind), StepError> {
+    timeline.step("command line", || check_router_config(config))?;
+    let init = timeline.step("command line", || router::real_init(config, argv0))?;
+    let early_failsafe = crate::failsafe::early_reason(config, boot::failsafe_key_window(config));
+    timeline.step("modules", || {
+        // Optional: a router kernel has its drivers built in.
+        let index = Path::new(crate::modindex::INDEX_PATH);
+        if index.exists() {
+            let report = sys::modules::load_from_index(index, true)?;
+            for failed in report.failed() {
+                log::warn!("module {}: {:?}", failed.name, failed.outcome);
+            }
+            log::debug!("{report:?}");
+        }
+        Ok(())
+    })?;
+    let devices = timeline.step("device wait", || find_router_devices(config))?;
+    let staging = timeline.step("staging", router::prepare_staging)?;
+    // The root is the lower; its device guards the reset.
+    let root_dev = timeline.step("lower", || sys::mount::dev_of(Path::new("/")))?;
+    let mut extra = Vec::new();
+    timeline.step("extra lowers", || {
+        let mut device_iter = devices.lowers.iter();
+        for (n, spec) in config.lowers.iter().enumerate() {
+            let target = staging.extra_lower(n);
+            match spec {
+                LowerSpec::Device(_) => {
+                    let dev = device_iter.next().context("internal: lower device count")?;
+                    boot::mount_lower(dev, None, None, &target)?;
+                }
+                // Files named in ovl.lower= live on the root= filesystem, which is `/`.
+                LowerSpec::File(path) => {
+                    boot::mount_image(Path::new("/"), path, None, None, &target)?;
+                }
+            }
+            extra.push(target);
+        }
+        Ok(())
+    })?;
+    let upper = boot::assemble_upper_and_overlay(
+        config,
+        &staging,
+        &router::lowers(&extra),
+        root_dev,
+        devices.upper.as_deref(),
+        early_failsafe,
+        timeline,
+    )?;
+    timeline.step("move layers", || router::move_upper_into_root(&staging))?;
+    timeline.step("check init", || {
+        sys::switch::check_init(&staging.root(), &init)
+    })?;
+    Ok((init, staging, upper))
+}
+
+/// Wait for the `ovl.lower=` devices (fatal when missing) and the upper device
+/// (a missing one boots on tmpfs, as in initramfs mode). `root=` is mounted.
+fn find_router_devices(config: &Config) -> Result<RouterDevices> {
+    let lowers: Vec<&DeviceSpec> = config
+        .lowers
+        .iter()
+        .filter_map(|l| match l {
+            LowerSpec::Device(d) => Some(d),
+            LowerSpec::File(_) => None,
+        })
+        .collect();
+    let upper = match &config.upper {
+        UpperSpec::Device(d) => Some(d),
+        UpperSpec::Tmpfs => None,
+    };
+    if lowers.is_empty() && upper.is_none() {
+        return Ok(RouterDevices::default());
+    }
+    let deadline = boot::device_deadline(config).map(|d| Instant::now() + d);
+    let mut waiter =
+        sys::blockdev::DeviceWaiter::new().context("start watching for block devices")?;
+    let lowers = if lowers.is_empty() {
+        Vec::new()
+    } else {
+        waiter
+            .wait_for(&lowers, deadline, |_| {})?
+            .into_iter()
+            .map(|r| r.dev_path)
+            .collect()
+    };
+    let upper = match upper {
+        None => None,
+        Some(spec) => match waiter.wait_for(&[spec], deadline, |_| {}) {
+            Ok(mut found) => found.pop().map(|r| r.dev_path),
+            Err(e) => {
+                boot::warn_box(
+                    "persistent upper not found, booting on a tmpfs upper",
+                    &[format!("ovl.upper={spec}"), format!("reason: {e:#}")],
+                );
+                None
+            }
+        },
+    };
+    Ok(RouterDevices { upper, lowers })
+}
+
+/// Whether this PID 1 runs on a root the kernel mounted (router mode) rather
+/// than on an initramfs. Needs nothing mounted: `/` is judged by its
+/// filesystem type, so it can run before /proc exists.
+pub fn is_router_boot() -> bool {
+    matches!(sys::pivot::root_is_ram_filesystem(), Ok(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_mounts_skip_a_missing_run() {
+        let openwrt = |p: &Path| p != Path::new("/run");
+        assert_eq!(api_mounts_to_mount(openwrt), vec!["/proc", "/sys", "/dev"]);
+        assert_eq!(
+            api_mounts_to_mount(|_| true),
+            vec!["/proc", "/sys", "/dev", "/run"]
+        );
+    }
+
+    #[test]
+    fn image_lower_is_refused_in_router_mode() {
+        let config = Config {
+            image: Some("/images/root.sqsh".into()),
+            ..Config::default()
+        };
+        let err = check_router_config(&config).unwrap_err().to_string();
+        assert!(err.contains("ovl.image=/images/root.sqsh"), "{err}");
+        assert!(err.contains("initramfs mode"), "{err}");
+        assert!(check_router_config(&Config::default()).is_ok());
+    }
+
+    #[test]
+    fn proc_is_moved_last() {
+        assert_eq!(MOVED_API_MOUNTS.last(), Some(&"/proc"));
+        for (_, target, _, _) in boot::API_MOUNTS {
+            assert!(MOVED_API_MOUNTS.contains(target), "{target} is not moved");
+        }
+    }
+}
