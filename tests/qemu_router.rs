@@ -162,10 +162,14 @@ fn router_mode_with_kernel_stand_in_persists_on_second_partition_and_resets() {
         &initrd,
         &disk,
         "ovl.upper=/dev/vda2",
-        "echo KEPT=$(cat /root/kept)",
+        "echo KEPT=$(cat /root/kept); /sbin/overlay-init status; /sbin/overlay-init mark-good",
     );
     assert_test_passed(&second);
     assert_output(&second, "KEPT=boot-one");
+    // The boot counter and the state file are kept in router mode too.
+    assert_output(&second, "upper: /dev/vda2");
+    assert_output(&second, "boot attempts since mark-good: 2 of 3");
+    assert_output(&second, "boot marked good");
     // On the partition itself, the file sits in upper/.
     let data_image = scratch.join("data.ext4");
     extract(&disk, data, &data_image);
