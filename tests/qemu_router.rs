@@ -46,9 +46,9 @@ echo "STANDIN: root=$root mounted read-only, exec $init"
 exec busybox switch_root /newroot $init "$@"
 "#;
 
-/// Prints `MOUNT <mountpoint> <fstype>` for `/`, `/rom`, `/overlay` and `/run`.
+/// Prints `MOUNT <mountpoint> <fstype> <ro|rw>` for `/`, `/rom`, `/overlay` and `/run`.
 const SHOW_MOUNTS: &str =
-    "while read dev mp fs rest; do case $mp in /|/rom|/overlay|/run) echo MOUNT $mp $fs;; esac; done < /proc/mounts";
+    "while read dev mp fs opts rest; do case $mp in /|/rom|/overlay|/run) echo MOUNT $mp $fs ${opts%%,*};; esac; done < /proc/mounts";
 
 /// PID 1's command line, the squashfs mount count, what is left of the staging tmpfs.
 const SHOW_ROUTER: &str = "echo PID1=$(tr '\\0' ' ' < /proc/1/cmdline); \
@@ -81,19 +81,24 @@ fn module_file(name: &str) -> PathBuf {
     PathBuf::from(path)
 }
 
-/// The demo root (with `/sbin/overlay-init`) as a squashfs, plus overlay.ko and the module
-/// index router mode loads it from. `without_run`: no `/run` (OpenWrt's layout).
-fn router_root(scratch: &Scratch, without_run: bool) -> PathBuf {
+/// The demo root (with `/sbin/overlay-init`) as a squashfs, plus overlay.ko, loop.ko and the
+/// module index router mode loads them from. `without_run`: no `/run` (OpenWrt's layout).
+/// `extra_files`: (source, path inside the root).
+fn router_root(scratch: &Scratch, without_run: bool, extra_files: &[(&Path, &str)]) -> PathBuf {
     let tree = scratch.join("root-tree");
     copy_tree(&artifacts().root_dir, &tree);
     let modules = tree.join("lib/modules");
     std::fs::create_dir_all(&modules).unwrap();
     std::fs::copy(module_file("overlay"), modules.join("overlay.ko")).unwrap();
+    std::fs::copy(module_file("loop"), modules.join("loop.ko")).unwrap();
     write_file(
         &modules.join("overlay-init.index"),
-        "# overlay-init module index v1\noverlay overlay.ko\n",
+        "# overlay-init module index v1\noverlay overlay.ko\nloop loop.ko\n",
         0o644,
     );
+    for (source, inside) in extra_files {
+        std::fs::copy(source, tree.join(inside.trim_start_matches('/'))).unwrap();
+    }
     if without_run {
         std::fs::remove_dir(tree.join("run")).unwrap();
     }
@@ -134,7 +139,7 @@ fn router_boot(initrd: &Path, disk: &Path, extra: &str, script: &str) -> BootRes
 fn router_mode_with_kernel_stand_in_persists_on_second_partition_and_resets() {
     let scratch = Scratch::new("router-persist");
     let initrd = stand_in_initramfs(&scratch);
-    let root = router_root(&scratch, false);
+    let root = router_root(&scratch, false, &[]);
     let (disk, data) = router_disk(&scratch, &root);
 
     let first = router_boot(
@@ -146,9 +151,9 @@ fn router_mode_with_kernel_stand_in_persists_on_second_partition_and_resets() {
     assert_test_passed(&first);
     assert_marker(&first, "STANDIN: root=/dev/vda1 mounted read-only");
     assert_marker(&first, "starting in router mode");
-    assert_output(&first, "MOUNT / overlay");
-    assert_output(&first, "MOUNT /rom squashfs");
-    assert_output(&first, "MOUNT /overlay ext4");
+    assert_output(&first, "MOUNT / overlay rw");
+    assert_output(&first, "MOUNT /rom squashfs ro");
+    assert_output(&first, "MOUNT /overlay ext4 rw");
     assert_output(&first, "MOUNT /run tmpfs");
     // PID 1 is the real init (ovl.init=), not overlay-init; the root was never mounted twice.
     assert_marker(&first, "OVLTEST: pid=1 ");
@@ -199,17 +204,25 @@ fn router_mode_with_kernel_stand_in_persists_on_second_partition_and_resets() {
 }
 
 #[test]
-fn router_mode_with_kernel_stand_in_openwrt_layout_without_run_tmpfs_upper() {
+fn router_mode_with_kernel_stand_in_openwrt_layout_without_run_tmpfs_upper_file_lower() {
     let scratch = Scratch::new("router-no-run");
     let initrd = stand_in_initramfs(&scratch);
-    let root = router_root(&scratch, true);
+    let extra_tree = scratch.join("extra");
+    write_file(
+        &extra_tree.join("only-in-extra"),
+        "from the extra image\n",
+        0o644,
+    );
+    let extra = scratch.join("extra.sqsh");
+    make_squashfs(&extra_tree, &extra);
+    let root = router_root(&scratch, true, &[(&extra, "/extra.sqsh")]);
     let (disk, _) = router_disk(&scratch, &root);
 
     let result = router_boot(
         &initrd,
         &disk,
-        "",
-        &format!("{SHOW_MOUNTS}; {SHOW_ROUTER}; echo RUN=$(test -e /run && echo present || echo absent); echo x > /etc/w && echo WRITABLE"),
+        "ovl.lower=/extra.sqsh",
+        &format!("{SHOW_MOUNTS}; {SHOW_ROUTER}; echo RUN=$(test -e /run && echo present || echo absent); echo x > /etc/w && echo WRITABLE; echo EXTRA=$(cat /only-in-extra)"),
     );
     assert_test_passed(&result);
     assert_marker(&result, "/run is not a directory on the root");
@@ -220,5 +233,61 @@ fn router_mode_with_kernel_stand_in_openwrt_layout_without_run_tmpfs_upper() {
     assert_output(&result, "RUN=absent");
     assert_output(&result, "PID1=/bin/sh /sbin/test-init");
     assert_output(&result, "ROM-TMP-ENTRIES=0");
+    assert_output(&result, "WRITABLE");
+    // A file entry of ovl.lower= is on the root itself, loop-mounted (loop.ko from the index).
+    assert_output(&result, "EXTRA=from the extra image");
+}
+
+#[test]
+fn router_mode_with_kernel_stand_in_failsafe_leaves_the_upper_read_only() {
+    let scratch = Scratch::new("router-failsafe");
+    let initrd = stand_in_initramfs(&scratch);
+    let root = router_root(&scratch, false, &[]);
+    let (disk, _) = router_disk(&scratch, &root);
+
+    let failsafe = router_boot(
+        &initrd,
+        &disk,
+        "ovl.upper=/dev/vda2 ovl.failsafe",
+        &format!(
+            "{SHOW_MOUNTS}; echo lost > /root/lost && echo WRITABLE; /sbin/overlay-init status"
+        ),
+    );
+    assert_test_passed(&failsafe);
+    assert_marker(&failsafe, "FAILSAFE boot");
+    assert_output(&failsafe, "MOUNT / overlay");
+    assert_output(&failsafe, "MOUNT /overlay ext4 ro");
+    assert_output(&failsafe, "WRITABLE");
+    assert_output(&failsafe, "mode: failsafe");
+
+    let normal = router_boot(
+        &initrd,
+        &disk,
+        "ovl.upper=/dev/vda2",
+        "echo LOST=$(cat /root/lost 2>/dev/null || echo absent)",
+    );
+    assert_test_passed(&normal);
+    assert_output(&normal, "LOST=absent");
+}
+
+#[test]
+fn router_mode_with_kernel_stand_in_missing_upper_boots_on_tmpfs() {
+    let scratch = Scratch::new("router-no-upper");
+    let initrd = stand_in_initramfs(&scratch);
+    let root = router_root(&scratch, false, &[]);
+    let (disk, _) = router_disk(&scratch, &root);
+
+    let result = router_boot(
+        &initrd,
+        &disk,
+        "ovl.upper=PARTLABEL=nowhere ovl.timeout=2",
+        &format!("{SHOW_MOUNTS}; echo x > /etc/w && echo WRITABLE"),
+    );
+    assert_test_passed(&result);
+    assert_marker(
+        &result,
+        "persistent upper not found, booting on a tmpfs upper",
+    );
+    assert_output(&result, "MOUNT /overlay tmpfs");
     assert_output(&result, "WRITABLE");
 }
