@@ -16,14 +16,20 @@
 //!
 //! Run: `cargo test --test netns_devices`
 
+mod netns_support;
+
+use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use netns_support::{
+    is_namespace_child, rerun_in_private_mount_namespace, run, unique_label, unique_number,
+    unique_uuid, Ext4, Loop, ScratchDir,
+};
 use overlay_init::devspec::DeviceSpec;
 use overlay_init::fstype::FsType;
 use overlay_init::sys::blockdev::DeviceWaiter;
@@ -31,126 +37,16 @@ use overlay_init::sys::blockdev::DeviceWaiter;
 const MIB: u64 = 1024 * 1024;
 const SECTOR: u64 = 512;
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A number no other run or test of this process shares.
-fn unique_number() -> u64 {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64;
-    (u64::from(std::process::id()) << 32)
-        ^ (nanos << 8)
-        ^ u64::from(COUNTER.fetch_add(1, Ordering::Relaxed))
-}
-
-/// An ext4 label (at most 16 bytes) unique to this run.
-fn unique_label(prefix: &str) -> String {
-    let label = format!("{prefix}{:x}", unique_number() & 0xff_ffff_ffff);
-    label[..label.len().min(16)].to_string()
-}
-
-fn unique_uuid() -> String {
-    let n = unique_number();
-    let m = n.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15;
-    format!(
-        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        n >> 32,
-        (n >> 16) & 0xffff,
-        n & 0xfff,
-        m & 0xfff,
-        (m >> 12) & 0xffff_ffff_ffff
-    )
-}
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "overlay-init-devices-{name}-{}-{:x}",
-            std::process::id(),
-            unique_number()
-        ));
-        fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// An attached loop device, detached on drop (its partitions go with it).
-struct Loop {
-    dev: String,
-}
-
-impl Loop {
-    /// Attach `image` with partition scanning, and make sure the kernel knows
-    /// each of `partitions` (number, first sector, sectors).
-    fn attach(image: &Path, partitions: &[(u32, u64, u64)]) -> Loop {
-        let dev = run(Command::new("losetup")
-            .args(["--find", "--show", "--partscan"])
-            .arg(image));
-        let guard = Loop { dev };
-        for &(number, start, sectors) in partitions {
-            let sysfs = format!("/sys/class/block/{}p{number}", guard.name());
-            if !Path::new(&sysfs).exists() {
-                run(Command::new("addpart").args([
-                    &guard.dev,
-                    &number.to_string(),
-                    &start.to_string(),
-                    &sectors.to_string(),
-                ]));
-            }
-        }
-        guard
-    }
-
-    fn name(&self) -> &str {
-        self.dev.trim_start_matches("/dev/")
-    }
-
-    fn partition(&self, number: u32) -> PathBuf {
-        PathBuf::from(format!("{}p{number}", self.dev))
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let status = Command::new("losetup")
-            .args(["--detach", &self.dev])
-            .status();
-        if !matches!(status, Ok(s) if s.success()) {
-            eprintln!("could not detach {}: {status:?}", self.dev);
-        }
-    }
-}
-
-/// A plain (unpartitioned) ext4 image.
+/// A plain (unpartitioned) 8 MiB ext4 image.
 fn ext4_image(path: &Path, label: &str, uuid: &str) {
-    run(Command::new("truncate").args(["-s", "8M"]).arg(path));
-    run(Command::new("mkfs.ext4")
-        .args(["-F", "-q", "-L", label, "-U", uuid])
-        .arg(path));
+    Ext4::mib(8).label(label).uuid(uuid).write_to(path);
+}
+
+/// An empty image file of `size_mib` MiB, for a partition table to go on.
+fn disk_image(path: &Path, size_mib: u64) {
+    fs::File::create(path)
+        .and_then(|f| f.set_len(size_mib * MIB))
+        .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
 }
 
 /// A GPT disk image: partition 1 (sectors 2048.., 8 MiB) holds ext4, partition 2
@@ -178,15 +74,13 @@ fn gpt_image(path: &Path) -> GptImage {
         partuuid1: unique_uuid(),
         partuuid2: unique_uuid(),
     };
-    run(Command::new("truncate").args(["-s", "24M"]).arg(path));
+    disk_image(path, 24);
     // The filesystem first: mke2fs clears the start of the file whatever the offset.
-    let offset = GPT_PARTITIONS[0].1 * SECTOR;
-    run(Command::new("mkfs.ext4")
-        .args(["-F", "-q", "-L", &img.label, "-U", &img.uuid])
-        .arg("-E")
-        .arg(format!("offset={offset}"))
-        .arg(path)
-        .arg("8M"));
+    Ext4::mib(8)
+        .label(&img.label)
+        .uuid(&img.uuid)
+        .at_offset(GPT_PARTITIONS[0].1 * SECTOR)
+        .write_to(path);
     let [(n1, s1, len1), (n2, s2, len2)] = GPT_PARTITIONS;
     run(Command::new("sgdisk")
         .arg(format!("--new={n1}:{s1}:{}", s1 + len1 - 1))
@@ -207,31 +101,23 @@ fn spec(s: &str) -> DeviceSpec {
 /// alone: the deadline is "now", so nothing can arrive by uevent in time.
 #[test]
 fn coldplug_finds_loop_devices_by_label_uuid_partlabel_partuuid() {
-    let scratch = Scratch::new("coldplug");
+    let scratch = ScratchDir::new("devices-coldplug");
 
-    let gpt_path = scratch.path("gpt.img");
+    let gpt_path = scratch.path.join("gpt.img");
     let gpt = gpt_image(&gpt_path);
-    let gpt_loop = Loop::attach(&gpt_path, &GPT_PARTITIONS);
+    let gpt_loop = Loop::attach_partitioned(&gpt_path, &GPT_PARTITIONS);
 
     // An MBR disk: PARTUUID is the disk signature and the partition number.
-    let mbr_path = scratch.path("mbr.img");
+    let mbr_path = scratch.path.join("mbr.img");
     let signature = format!("{:08x}", (unique_number() as u32) | 1);
     let mbr_label = unique_label("mbr");
     let mbr_uuid = unique_uuid();
-    run(Command::new("truncate").args(["-s", "16M"]).arg(&mbr_path));
-    run(Command::new("mkfs.ext4")
-        .args([
-            "-F",
-            "-q",
-            "-L",
-            &mbr_label,
-            "-U",
-            &mbr_uuid,
-            "-E",
-            "offset=1048576",
-        ])
-        .arg(&mbr_path)
-        .arg("8M"));
+    disk_image(&mbr_path, 16);
+    Ext4::mib(8)
+        .label(&mbr_label)
+        .uuid(&mbr_uuid)
+        .at_offset(MIB)
+        .write_to(&mbr_path);
     let sfdisk_script =
         format!("label: dos\nlabel-id: 0x{signature}\nstart=2048, size=16384, type=83\n");
     let mut sfdisk = Command::new("sfdisk")
@@ -255,14 +141,14 @@ fn coldplug_finds_loop_devices_by_label_uuid_partlabel_partuuid() {
         .write_all(sfdisk_script.as_bytes())
         .unwrap();
     assert!(sfdisk.wait().unwrap().success());
-    let mbr_loop = Loop::attach(&mbr_path, &[(1, 2048, 16384)]);
+    let mbr_loop = Loop::attach_partitioned(&mbr_path, &[(1, 2048, 16384)]);
 
     // A whole-disk filesystem.
-    let plain_path = scratch.path("plain.img");
+    let plain_path = scratch.path.join("plain.img");
     let plain_label = unique_label("plain");
     let plain_uuid = unique_uuid();
     ext4_image(&plain_path, &plain_label, &plain_uuid);
-    let plain_loop = Loop::attach(&plain_path, &[]);
+    let plain_loop = Loop::attach(&plain_path, false);
 
     let mut waiter = DeviceWaiter::new().expect("open uevent socket and walk /sys/class/block");
     let specs = [
@@ -275,7 +161,7 @@ fn coldplug_finds_loop_devices_by_label_uuid_partlabel_partuuid() {
         spec(&format!("PARTUUID={signature}-01")),
         spec(&format!("LABEL={mbr_label}")),
         spec(&format!("UUID={plain_uuid}")),
-        spec(&plain_loop.dev),
+        spec(plain_loop.dev_str()),
     ];
     let spec_refs: Vec<&DeviceSpec> = specs.iter().collect();
     let found = waiter
@@ -286,7 +172,7 @@ fn coldplug_finds_loop_devices_by_label_uuid_partlabel_partuuid() {
     let gpt1 = gpt_loop.partition(1);
     let gpt2 = gpt_loop.partition(2);
     let mbr1 = mbr_loop.partition(1);
-    let plain = PathBuf::from(&plain_loop.dev);
+    let plain = plain_loop.dev.clone();
     assert_eq!(
         paths,
         [&gpt1, &gpt1, &gpt1, &gpt1, &gpt2, &gpt2, &mbr1, &mbr1, &plain, &plain]
@@ -324,10 +210,10 @@ fn coldplug_finds_loop_devices_by_label_uuid_partlabel_partuuid() {
 /// the disk's `change` (media appeared) and the partition's `add`.
 #[test]
 fn a_device_attached_after_the_waiter_starts_is_found_through_its_uevent() {
-    let scratch = Scratch::new("hotplug");
-    let gpt_path = scratch.path("gpt.img");
+    let scratch = ScratchDir::new("devices-hotplug");
+    let gpt_path = scratch.path.join("gpt.img");
     let gpt = gpt_image(&gpt_path);
-    let plain_path = scratch.path("plain.img");
+    let plain_path = scratch.path.join("plain.img");
     let plain_label = unique_label("late");
     ext4_image(&plain_path, &plain_label, &unique_uuid());
 
@@ -338,8 +224,8 @@ fn a_device_attached_after_the_waiter_starts_is_found_through_its_uevent() {
             return;
         }
         let loops = vec![
-            Loop::attach(&plain_path, &[]),
-            Loop::attach(&gpt_path, &GPT_PARTITIONS),
+            Loop::attach(&plain_path, false),
+            Loop::attach_partitioned(&gpt_path, &GPT_PARTITIONS),
         ];
         // If the receiver is gone the loops come back in the error and drop here.
         let _ = loops_tx.send(loops);
@@ -369,7 +255,7 @@ fn a_device_attached_after_the_waiter_starts_is_found_through_its_uevent() {
     attacher.join().unwrap();
     let found = result.unwrap_or_else(|e| panic!("{e:#}"));
 
-    assert_eq!(found[0].dev_path, PathBuf::from(&loops[0].dev));
+    assert_eq!(found[0].dev_path, loops[0].dev);
     assert_eq!(found[0].info.label(), Some(plain_label.as_str()));
     assert_eq!(found[1].dev_path, loops[1].partition(2));
     assert_eq!(found[2].dev_path, loops[1].partition(1));
@@ -380,12 +266,12 @@ fn a_device_attached_after_the_waiter_starts_is_found_through_its_uevent() {
 /// devices that were seen with their labels and UUIDs.
 #[test]
 fn a_missing_label_fails_at_the_deadline_listing_the_devices_seen() {
-    let scratch = Scratch::new("missing");
-    let path = scratch.path("present.img");
+    let scratch = ScratchDir::new("devices-missing");
+    let path = scratch.path.join("present.img");
     let label = unique_label("here");
     let uuid = unique_uuid();
     ext4_image(&path, &label, &uuid);
-    let present = Loop::attach(&path, &[]);
+    let present = Loop::attach(&path, false);
 
     let mut waiter = DeviceWaiter::new().unwrap();
     let missing = spec(&format!("LABEL={}", unique_label("absent")));
@@ -411,7 +297,7 @@ fn a_missing_label_fails_at_the_deadline_listing_the_devices_seen() {
     );
     let line = format!(
         "\n  {} (8.0 MiB): ext4 LABEL=\"{label}\" UUID={uuid}",
-        present.dev
+        present.dev.display()
     );
     assert!(msg.contains(&line), "{line:?} not in:\n{msg}");
 }
@@ -419,13 +305,13 @@ fn a_missing_label_fails_at_the_deadline_listing_the_devices_seen() {
 /// Two devices with one label: an error naming both, at once.
 #[test]
 fn two_devices_with_one_label_are_an_error_naming_both() {
-    let scratch = Scratch::new("twins");
+    let scratch = ScratchDir::new("devices-twins");
     let label = unique_label("twin");
-    let (a, b) = (scratch.path("a.img"), scratch.path("b.img"));
+    let (a, b) = (scratch.path.join("a.img"), scratch.path.join("b.img"));
     ext4_image(&a, &label, &unique_uuid());
     ext4_image(&b, &label, &unique_uuid());
-    let loop_a = Loop::attach(&a, &[]);
-    let loop_b = Loop::attach(&b, &[]);
+    let loop_a = Loop::attach(&a, false);
+    let loop_b = Loop::attach(&b, false);
 
     let mut waiter = DeviceWaiter::new().unwrap();
     let twin = spec(&format!("LABEL={label}"));
@@ -443,7 +329,7 @@ fn two_devices_with_one_label_are_an_error_naming_both() {
         "{msg}"
     );
     assert!(
-        msg.contains(&loop_a.dev) && msg.contains(&loop_b.dev),
+        msg.contains(loop_a.dev_str()) && msg.contains(loop_b.dev_str()),
         "{msg}"
     );
 }
@@ -452,11 +338,11 @@ fn two_devices_with_one_label_are_an_error_naming_both() {
 /// (size 0) is applied before the waiter judges.
 #[test]
 fn a_detached_device_is_forgotten() {
-    let scratch = Scratch::new("detach");
-    let path = scratch.path("gone.img");
+    let scratch = ScratchDir::new("devices-detach");
+    let path = scratch.path.join("gone.img");
     let label = unique_label("gone");
     ext4_image(&path, &label, &unique_uuid());
-    let gone = Loop::attach(&path, &[]);
+    let gone = Loop::attach(&path, false);
 
     let mut waiter = DeviceWaiter::new().unwrap();
     let by_label = spec(&format!("LABEL={label}"));
@@ -483,8 +369,8 @@ fn a_forged_uevent_from_userspace_is_dropped() {
     use rustix::net::netlink::{self, SocketAddrNetlink};
     use rustix::net::{sendto, socket_with, AddressFamily, SendFlags, SocketFlags, SocketType};
 
-    let scratch = Scratch::new("forged");
-    let path = scratch.path("real.img");
+    let scratch = ScratchDir::new("devices-forged");
+    let path = scratch.path.join("real.img");
     ext4_image(&path, &unique_label("real"), &unique_uuid());
 
     let mut socket = UeventSocket::open().unwrap();
@@ -508,7 +394,7 @@ fn a_forged_uevent_from_userspace_is_dropped() {
     .expect("root may send to the uevent multicast group");
     assert_eq!(sent, forged.len());
 
-    let real = Loop::attach(&path, &[]);
+    let real = Loop::attach(&path, false);
     let real_devpath_end = format!("/{}", real.name());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -524,7 +410,7 @@ fn a_forged_uevent_from_userspace_is_dropped() {
                 }
             }
             Received::Overflow => {}
-            Received::Timeout => panic!("no uevent for {} within 30s", real.dev),
+            Received::Timeout => panic!("no uevent for {} within 30s", real.dev.display()),
         }
     }
 }
@@ -535,8 +421,8 @@ fn a_forged_uevent_from_userspace_is_dropped() {
 /// it.
 #[test]
 fn an_unbounded_wait_reports_progress_until_the_device_appears() {
-    let scratch = Scratch::new("rootwait");
-    let path = scratch.path("slow.img");
+    let scratch = ScratchDir::new("devices-rootwait");
+    let path = scratch.path.join("slow.img");
     let label = unique_label("slow");
     ext4_image(&path, &label, &unique_uuid());
 
@@ -546,7 +432,7 @@ fn an_unbounded_wait_reports_progress_until_the_device_appears() {
         // Without a report the device is attached anyway, so a broken report
         // fails the `reports >= 1` check below instead of hanging the test.
         let _ = go_rx.recv_timeout(Duration::from_secs(30));
-        let _ = loop_tx.send(Loop::attach(&path, &[]));
+        let _ = loop_tx.send(Loop::attach(&path, false));
     });
 
     let mut waiter = DeviceWaiter::new().unwrap();
@@ -572,10 +458,9 @@ fn an_unbounded_wait_reports_progress_until_the_device_appears() {
     attacher.join().unwrap();
     let found = result.unwrap_or_else(|e| panic!("{e:#}"));
     assert!(reports >= 1);
-    assert_eq!(found[0].dev_path, PathBuf::from(&attached.dev));
+    assert_eq!(found[0].dev_path, attached.dev);
 }
 
-const CHILD_TEST_ENV: &str = "OVERLAY_INIT_NETNS_DEVICES_TEST";
 const CHILD_LABEL_ENV: &str = "OVERLAY_INIT_NETNS_DEVICES_LABEL";
 const CHILD_DEV_ENV: &str = "OVERLAY_INIT_NETNS_DEVICES_DEV";
 
@@ -587,7 +472,7 @@ const CHILD_DEV_ENV: &str = "OVERLAY_INIT_NETNS_DEVICES_DEV";
 #[test]
 fn without_devtmpfs_the_node_is_made_with_mknod() {
     const NAME: &str = "without_devtmpfs_the_node_is_made_with_mknod";
-    if std::env::var(CHILD_TEST_ENV).as_deref() == Ok(NAME) {
+    if is_namespace_child(NAME) {
         let label = std::env::var(CHILD_LABEL_ENV).unwrap();
         let dev = std::env::var(CHILD_DEV_ENV).unwrap();
         rustix::mount::mount(
@@ -620,24 +505,16 @@ fn without_devtmpfs_the_node_is_made_with_mknod() {
         return;
     }
 
-    let scratch = Scratch::new("mknod");
-    let path = scratch.path("nodev.img");
+    let scratch = ScratchDir::new("devices-mknod");
+    let path = scratch.path.join("nodev.img");
     let label = unique_label("nodev");
     ext4_image(&path, &label, &unique_uuid());
-    let attached = Loop::attach(&path, &[]);
-    let output = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
-        .env(CHILD_TEST_ENV, NAME)
-        .env(CHILD_LABEL_ENV, &label)
-        .env(CHILD_DEV_ENV, &attached.dev)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "child failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let attached = Loop::attach(&path, false);
+    rerun_in_private_mount_namespace(
+        NAME,
+        &[
+            (CHILD_LABEL_ENV, OsStr::new(&label)),
+            (CHILD_DEV_ENV, attached.dev.as_os_str()),
+        ],
     );
 }

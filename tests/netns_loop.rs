@@ -10,122 +10,19 @@
 //!
 //! Run: `cargo test --test netns_loop`
 
+mod netns_support;
+
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use netns_support::{
+    assert_no_loop_device_under_now, in_private_mount_namespace, loop_devices_under, mksquashfs,
+    Ext4, Mounted,
+};
 use overlay_init::fstype::FsType;
 use overlay_init::probe::superblock::{self, PROBE_BYTES};
 use overlay_init::sys::loopdev::{self, AttachOptions, LoopDevice};
-use rustix::mount::{MountFlags, UnmountFlags};
-
-/// Set in the re-executed child: the name of the test to run for real, and
-/// the scratch directory the parent made for it.
-const CHILD_TEST_ENV: &str = "OVERLAY_INIT_NETNS_LOOP_TEST";
-const CHILD_DIR_ENV: &str = "OVERLAY_INIT_NETNS_LOOP_DIR";
-
-/// Run `body` in a child process in a private mount namespace, with a fresh
-/// scratch directory. In the child this just runs `body`.
-fn in_private_mount_namespace(test_name: &str, body: impl FnOnce(&Path)) {
-    if std::env::var(CHILD_TEST_ENV).as_deref() == Ok(test_name) {
-        let dir = PathBuf::from(std::env::var_os(CHILD_DIR_ENV).expect("scratch dir is set"));
-        body(&dir);
-        return;
-    }
-    let scratch = ScratchDir::new(test_name);
-    let exe = std::env::current_exe().expect("test binary path");
-    let output = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--"])
-        .arg(exe)
-        .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
-        .env(CHILD_TEST_ENV, test_name)
-        .env(CHILD_DIR_ENV, &scratch.path)
-        .output()
-        .expect("running unshare (util-linux)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{test_name} failed in its mount namespace ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    // An empty filter match would make the child "pass" without running.
-    assert!(
-        stdout.contains("1 passed"),
-        "child did not run {test_name}:\n{stdout}"
-    );
-    assert_no_loop_device_under(&scratch.path);
-}
-
-/// A directory under /tmp removed (with everything in it) on drop.
-struct ScratchDir {
-    path: PathBuf,
-}
-
-impl ScratchDir {
-    fn new(test_name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "overlay-init-netns-loop-{}-{test_name}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("creating scratch dir");
-        ScratchDir { path }
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
-
-/// A read-only mount, unmounted on drop.
-struct Mounted {
-    target: PathBuf,
-}
-
-impl Mounted {
-    fn read_only(source: &Path, target: &Path, fstype: &str) -> rustix::io::Result<Self> {
-        fs::create_dir_all(target).expect("creating mount point");
-        rustix::mount::mount(
-            source,
-            target,
-            fstype,
-            MountFlags::RDONLY,
-            None::<&std::ffi::CStr>,
-        )?;
-        Ok(Mounted {
-            target: target.to_owned(),
-        })
-    }
-
-    fn unmount(mut self) {
-        let target = std::mem::take(&mut self.target);
-        rustix::mount::unmount(&target, UnmountFlags::empty())
-            .unwrap_or_else(|e| panic!("unmounting {}: {e}", target.display()));
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if !self.target.as_os_str().is_empty() {
-            let _ = rustix::mount::unmount(&self.target, UnmountFlags::DETACH);
-        }
-    }
-}
-
-fn run(command: &mut Command) {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 /// A tree with one known file, the content every image carries.
 fn make_tree(dir: &Path, marker: &str) -> PathBuf {
@@ -138,36 +35,14 @@ fn make_tree(dir: &Path, marker: &str) -> PathBuf {
 fn make_squashfs(dir: &Path, marker: &str) -> PathBuf {
     let tree = make_tree(dir, marker);
     let image = dir.join(format!("{marker}.sqsh"));
-    run(Command::new("mksquashfs").arg(&tree).arg(&image).args([
-        "-noappend",
-        "-quiet",
-        "-no-progress",
-    ]));
+    mksquashfs(&tree, &image);
     image
 }
 
 fn make_ext4(dir: &Path, marker: &str, tree: &Path) -> PathBuf {
     let image = dir.join(format!("{marker}.ext4"));
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", marker, "-d"])
-        .arg(tree)
-        .arg(&image)
-        .arg("16M"));
+    Ext4::mib(16).label(marker).contents(tree).write_to(&image);
     image
-}
-
-/// Loop devices bound to a file under `dir` (paths as this namespace sees them).
-fn loop_devices_under(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
-    loopdev::attached_loop_devices()
-        .expect("listing loop devices")
-        .into_iter()
-        .filter(|(_, file)| file.starts_with(dir))
-        .collect()
-}
-
-fn assert_no_loop_device_under(dir: &Path) {
-    let left = loop_devices_under(dir);
-    assert!(left.is_empty(), "loop devices left behind: {left:?}");
 }
 
 fn sysfs_read_only(device: &LoopDevice) -> bool {
@@ -261,7 +136,7 @@ fn failed_mount_leaves_no_loop_device() {
         })();
         let err = result.expect_err("mounting junk as squashfs must fail");
         assert!(err.to_string().contains("Invalid argument"), "{err:#}");
-        assert_no_loop_device_under(dir);
+        assert_no_loop_device_under_now(dir);
     });
 }
 
@@ -282,7 +157,7 @@ fn bad_image_paths_are_reported_by_name() {
 
         let err = loopdev::attach_image(dir).unwrap_err();
         assert!(format!("{err:#}").contains("not a regular file"), "{err:#}");
-        assert_no_loop_device_under(dir);
+        assert_no_loop_device_under_now(dir);
     });
 }
 
@@ -336,7 +211,7 @@ fn image_on_read_only_filesystem_attaches() {
 
         outer.unmount();
         outer_device.detach().unwrap();
-        assert_no_loop_device_under(dir);
+        assert_no_loop_device_under_now(dir);
     });
 }
 
@@ -355,6 +230,6 @@ fn direct_io_request_attaches_and_can_be_declined() {
         assert_eq!(loop_devices_under(dir).len(), 2);
         drop(buffered);
         drop(direct);
-        assert_no_loop_device_under(dir);
+        assert_no_loop_device_under_now(dir);
     });
 }

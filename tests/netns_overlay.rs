@@ -10,7 +10,7 @@ mod netns_support;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use netns_support::{in_private_mount_namespace, mkext4, mksquashfs, tree, Loop};
+use netns_support::{in_private_mount_namespace, mksquashfs, tree, Ext4, Loop};
 use overlay_init::fstype::FsType;
 use overlay_init::overlay::{self, Staging};
 use overlay_init::sys::mount::is_mountpoint;
@@ -43,7 +43,7 @@ fn squashfs_lower_ext4_upper_moves_rom_and_overlay() {
     in_private_mount_namespace("squashfs_lower_ext4_upper_moves_rom_and_overlay", |dir| {
         let lower_img = squashfs_lower(dir, &[("etc/motd", "from the lower\n")]);
         let upper_img = dir.join("upper.ext4");
-        mkext4(&upper_img, 16, "upper", None);
+        Ext4::mib(16).label("upper").write_to(&upper_img);
         let lower = Loop::attach(&lower_img, true);
         let upper = Loop::attach(&upper_img, false);
         let staging = Staging::new(dir.join("staging"), dir.join("keep"));
@@ -97,7 +97,10 @@ fn ext4_lower_tmpfs_upper() {
         let src = dir.join("src");
         tree(&src, &[("hello", "ext4 lower\n")]);
         let lower_img = dir.join("lower.ext4");
-        mkext4(&lower_img, 8, "rom", Some(&src));
+        Ext4::mib(8)
+            .label("rom")
+            .contents(&src)
+            .write_to(&lower_img);
         let lower = Loop::attach(&lower_img, true);
         let staging = Staging::new(dir.join("staging"), dir.join("keep"));
         let fstype = overlay_init::boot::detect_fstype(&lower.dev).unwrap();
@@ -154,7 +157,7 @@ fn two_lowers_main_lower_wins() {
 fn read_only_upper_device_is_refused() {
     in_private_mount_namespace("read_only_upper_device_is_refused", |dir| {
         let upper_img = dir.join("upper.ext4");
-        mkext4(&upper_img, 16, "upper", None);
+        Ext4::mib(16).label("upper").write_to(&upper_img);
         let before = fs::read(&upper_img).unwrap();
         let upper = Loop::attach(&upper_img, true);
         let target = dir.join("upper-mnt");

@@ -10,6 +10,8 @@
 //!
 //! Run: `cargo test --test netns_reset`
 
+mod netns_support;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -18,11 +20,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use netns_support::{in_private_mount_namespace, mksquashfs, run, Ext4, Mounted};
 use overlay_init::reset::{self, BootFlags, ResetOutcome, Step};
-use rustix::mount::UnmountFlags;
-
-const CHILD_TEST_ENV: &str = "OVERLAY_INIT_NETNS_RESET_TEST";
-const CHILD_DIR_ENV: &str = "OVERLAY_INIT_NETNS_RESET_DIR";
 
 const CMDLINE_RESET: BootFlags = BootFlags {
     cmdline_reset: true,
@@ -33,150 +32,14 @@ const PLAIN_BOOT: BootFlags = BootFlags {
     failsafe: false,
 };
 
-/// Run `body` in a child process in a private mount namespace with a fresh
-/// scratch directory; in that child, just run `body`.
-fn in_private_mount_namespace(test_name: &str, body: impl FnOnce(&Path)) {
-    if std::env::var(CHILD_TEST_ENV).as_deref() == Ok(test_name) {
-        let dir = PathBuf::from(std::env::var_os(CHILD_DIR_ENV).expect("scratch dir is set"));
-        body(&dir);
-        return;
-    }
-    let scratch = ScratchDir::new(test_name);
-    let exe = std::env::current_exe().expect("test binary path");
-    let output = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--"])
-        .arg(exe)
-        .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
-        .env(CHILD_TEST_ENV, test_name)
-        .env(CHILD_DIR_ENV, &scratch.path)
-        .output()
-        .expect("running unshare (util-linux)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{test_name} failed in its mount namespace ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "child did not run {test_name}:\n{stdout}"
-    );
-    let loops = Command::new("losetup")
-        .arg("-a")
-        .output()
-        .expect("losetup -a");
-    let loops = String::from_utf8_lossy(&loops.stdout);
-    let scratch_str = scratch.path.to_string_lossy();
-    assert!(
-        !loops.contains(&*scratch_str),
-        "loop devices left behind:\n{loops}"
-    );
-}
-
-/// A directory under /tmp removed (with everything in it) on drop.
-struct ScratchDir {
-    path: PathBuf,
-}
-
-impl ScratchDir {
-    fn new(test_name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "overlay-init-reset-{}-{test_name}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("creating scratch dir");
-        ScratchDir { path }
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
-
-/// A mount, lazily unmounted on drop (which also frees an autoclear loop device).
-struct Mounted {
-    target: PathBuf,
-}
-
-impl Mounted {
-    fn new(args: &[&OsStr], target: &Path) -> Self {
-        fs::create_dir_all(target).expect("creating mount point");
-        run(Command::new("mount").args(args).arg(target));
-        Mounted {
-            target: target.to_owned(),
-        }
-    }
-
-    fn loop_image(image: &Path, fstype: &str, target: &Path) -> Self {
-        Mounted::new(
-            &[
-                "-t".as_ref(),
-                fstype.as_ref(),
-                "-o".as_ref(),
-                "loop".as_ref(),
-                image.as_os_str(),
-            ],
-            target,
-        )
-    }
-
-    fn bind(source: &Path, target: &Path) -> Self {
-        Mounted::new(&["--bind".as_ref(), source.as_os_str()], target)
-    }
-
-    fn overlay(lower: &Path, upper_root: &Path, target: &Path) -> Self {
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.display(),
-            reset::upperdir(upper_root).display(),
-            reset::workdir(upper_root).display()
-        );
-        Mounted::new(
-            &[
-                "-t".as_ref(),
-                "overlay".as_ref(),
-                "overlay".as_ref(),
-                "-o".as_ref(),
-                options.as_ref(),
-            ],
-            target,
-        )
-    }
-
-    /// The same mount, after a rename of a directory above it moved it.
-    fn moved_to(mut self, target: PathBuf) -> Self {
-        self.target = target;
-        self
-    }
-
-    fn unmount(mut self) {
-        let target = std::mem::take(&mut self.target);
-        rustix::mount::unmount(&target, UnmountFlags::empty())
-            .unwrap_or_else(|e| panic!("unmounting {}: {e}", target.display()));
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if !self.target.as_os_str().is_empty() {
-            let _ = rustix::mount::unmount(&self.target, UnmountFlags::DETACH);
-        }
-    }
-}
-
-fn run(command: &mut Command) {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+/// The overlay of `lower` and the upper filesystem mounted at `upper_root`.
+fn mount_overlay(lower: &Path, upper_root: &Path, target: &Path) -> Mounted {
+    Mounted::overlay(
+        lower,
+        &reset::upperdir(upper_root),
+        &reset::workdir(upper_root),
+        target,
+    )
 }
 
 /// The lower: a squashfs with a few files, one directory to be made opaque
@@ -194,21 +57,7 @@ fn make_lower(dir: &Path) -> PathBuf {
     .unwrap();
     std::os::unix::fs::symlink("os-release", tree.join("etc/link")).unwrap();
     let image = dir.join("lower.sqsh");
-    run(Command::new("mksquashfs").arg(&tree).arg(&image).args([
-        "-quiet",
-        "-noappend",
-        "-no-progress",
-    ]));
-    image
-}
-
-fn make_ext4(dir: &Path, name: &str) -> PathBuf {
-    let image = dir.join(name);
-    fs::File::create(&image)
-        .unwrap()
-        .set_len(128 << 20)
-        .unwrap();
-    run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+    mksquashfs(&tree, &image);
     image
 }
 
@@ -267,7 +116,8 @@ struct World {
 impl World {
     fn new(scratch: &Path) -> Self {
         let lower_image = make_lower(scratch);
-        let upper_image = make_ext4(scratch, "upper.ext4");
+        let upper_image = scratch.join("upper.ext4");
+        Ext4::mib(128).write_to(&upper_image);
         let lower_mount = Mounted::loop_image(&lower_image, "squashfs", &scratch.join("lower"));
         let upper_mount = Mounted::loop_image(&upper_image, "ext4", &scratch.join("overlay"));
         for dir in [
@@ -303,7 +153,7 @@ impl World {
     }
 
     fn mount_overlay(&self) -> Mounted {
-        Mounted::overlay(self.lower(), &self.upper_root(), &self.merged())
+        mount_overlay(self.lower(), &self.upper_root(), &self.merged())
     }
 
     /// Write every awkward kind of change through the overlay, so that the
@@ -410,6 +260,16 @@ fn reset_leaves_exactly_the_lower_and_nothing_outside_is_touched() {
                 &upper.join("deep/d0/same-fs"),
             );
             let outside_before = listing(&scratch.join("outside"));
+            let assert_bind_sources_untouched = || {
+                assert_eq!(
+                    fs::read(scratch.join("bind-source/keep")).unwrap(),
+                    b"other fs"
+                );
+                assert_eq!(
+                    fs::read(upper_root.join("same-fs-source/keep")).unwrap(),
+                    b"same fs"
+                );
+            };
 
             let outcome =
                 reset::apply_pending(&upper_root, CMDLINE_RESET, world.lower_dev()).unwrap();
@@ -471,14 +331,7 @@ fn reset_leaves_exactly_the_lower_and_nothing_outside_is_touched() {
             assert_eq!(remaining, expected);
 
             // Nothing outside the upper was touched.
-            assert_eq!(
-                fs::read(scratch.join("bind-source/keep")).unwrap(),
-                b"other fs"
-            );
-            assert_eq!(
-                fs::read(upper_root.join("same-fs-source/keep")).unwrap(),
-                b"same fs"
-            );
+            assert_bind_sources_untouched();
             assert_eq!(listing(&scratch.join("outside")), outside_before);
 
             // Once the mounts are gone the rest of the trash goes too.
@@ -487,14 +340,7 @@ fn reset_leaves_exactly_the_lower_and_nothing_outside_is_touched() {
             let report = reset::remove_trash_now(&upper_root).unwrap();
             assert!(report.is_complete(), "{report:?}");
             assert_eq!(reset::status(&upper_root).unwrap().trash_generations, 0);
-            assert_eq!(
-                fs::read(scratch.join("bind-source/keep")).unwrap(),
-                b"other fs"
-            );
-            assert_eq!(
-                fs::read(upper_root.join("same-fs-source/keep")).unwrap(),
-                b"same fs"
-            );
+            assert_bind_sources_untouched();
         },
     );
 }
@@ -585,10 +431,7 @@ fn refuses_when_upper_and_lower_share_a_device() {
 #[test]
 fn request_refuses_a_tmpfs_upper() {
     in_private_mount_namespace("request_refuses_a_tmpfs_upper", |scratch| {
-        let tmpfs = Mounted::new(
-            &["-t".as_ref(), "tmpfs".as_ref(), "tmpfs".as_ref()],
-            &scratch.join("tmp-upper"),
-        );
+        let tmpfs = Mounted::tmpfs(&scratch.join("tmp-upper"));
         let err = reset::request(&tmpfs.target).unwrap_err();
         assert!(format!("{err:#}").contains("tmpfs"), "{err:#}");
         assert!(!reset::status(&tmpfs.target).unwrap().reset_pending);
@@ -664,7 +507,7 @@ fn next_boot_is_clean(world: &World, upper_root: &Path) {
         classify(upper_root, &Listing::new()),
         State::Clean { pending: false }
     );
-    let merged = Mounted::overlay(
+    let merged = mount_overlay(
         world.lower(),
         upper_root,
         &world.scratch.join("merged-next"),

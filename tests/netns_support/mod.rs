@@ -1,20 +1,28 @@
 //! Shared harness for mount-namespace tests: run a test body in a child process
 //! inside a private mount namespace (`unshare --mount --propagation private`),
-//! with a scratch directory and loop devices that are always cleaned up.
+//! with a scratch directory, mounts and loop devices that are always cleaned
+//! up, and the image makers (squashfs, ext4) the tests build their disks with.
 #![allow(dead_code)]
 
+use std::ffi::{CStr, OsStr};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use overlay_init::sys::loopdev;
+use rustix::mount::{MountFlags, UnmountFlags};
 
 const CHILD_TEST_ENV: &str = "OVERLAY_INIT_NETNS_TEST";
 const CHILD_DIR_ENV: &str = "OVERLAY_INIT_NETNS_DIR";
 
 /// Run `body` in a private mount namespace with a fresh scratch directory.
 /// In the parent this re-executes the test binary for `test_name` only; in the
-/// child it runs `body`. Mounts die with the child's namespace.
+/// child it runs `body`. Mounts die with the child's namespace; the parent then
+/// checks that no loop device is still bound to a file in the scratch directory.
 pub fn in_private_mount_namespace(test_name: &str, body: impl FnOnce(&Path)) {
-    if std::env::var(CHILD_TEST_ENV).as_deref() == Ok(test_name) {
+    if is_namespace_child(test_name) {
         let dir = PathBuf::from(std::env::var_os(CHILD_DIR_ENV).expect("scratch dir is set"));
         // Declared first so it drops last, after the body's loop guards: unmounting
         // then frees the (auto-clearing) loop devices before the parent checks.
@@ -23,13 +31,27 @@ pub fn in_private_mount_namespace(test_name: &str, body: impl FnOnce(&Path)) {
         return;
     }
     let scratch = ScratchDir::new(test_name);
+    rerun_in_private_mount_namespace(test_name, &[(CHILD_DIR_ENV, scratch.path.as_os_str())]);
+    assert_no_loop_device_under(&scratch.path);
+}
+
+/// True in the child that [`rerun_in_private_mount_namespace`] started for
+/// `test_name`: there the test body runs for real.
+pub fn is_namespace_child(test_name: &str) -> bool {
+    std::env::var(CHILD_TEST_ENV).as_deref() == Ok(test_name)
+}
+
+/// Re-execute the test binary for `test_name` alone, with `envs` set, under
+/// `unshare --mount --propagation private`, and fail unless that one test ran
+/// and passed there.
+pub fn rerun_in_private_mount_namespace(test_name: &str, envs: &[(&str, &OsStr)]) {
     let exe = std::env::current_exe().expect("test binary path");
     let output = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "--"])
         .arg(exe)
         .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
         .env(CHILD_TEST_ENV, test_name)
-        .env(CHILD_DIR_ENV, &scratch.path)
+        .envs(envs.iter().copied())
         .output()
         .expect("running unshare (util-linux)");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -44,7 +66,6 @@ pub fn in_private_mount_namespace(test_name: &str, body: impl FnOnce(&Path)) {
         stdout.contains("1 passed"),
         "child did not run {test_name}:\n{stdout}"
     );
-    assert_no_loop_device_under(&scratch.path);
 }
 
 /// Unmounts every mount below a directory, deepest first, on drop.
@@ -52,31 +73,29 @@ pub struct UnmountAllUnder(pub PathBuf);
 
 impl Drop for UnmountAllUnder {
     fn drop(&mut self) {
-        let prefix = self.0.to_string_lossy().into_owned();
         let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<String> = info
+        let mut points: Vec<&str> = info
             .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-            .filter(|p| p.starts_with(&prefix))
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| Path::new(p).starts_with(&self.0))
             .collect();
         points.reverse();
         for p in points {
-            let _ = rustix::mount::unmount(p.as_str(), rustix::mount::UnmountFlags::empty());
+            let _ = rustix::mount::unmount(p, UnmountFlags::empty());
         }
     }
 }
 
-/// A directory under /tmp removed, with everything in it, on drop.
+/// A directory under /tmp, unique to this process and `name`, removed with
+/// everything in it on drop.
 pub struct ScratchDir {
     pub path: PathBuf,
 }
 
 impl ScratchDir {
-    pub fn new(test_name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "overlay-init-test-{}-{test_name}",
-            std::process::id()
-        ));
+    pub fn new(name: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("overlay-init-test-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).expect("creating scratch dir");
         ScratchDir { path }
@@ -89,7 +108,96 @@ impl Drop for ScratchDir {
     }
 }
 
-/// A loop device made with `losetup`, detached on drop.
+/// A mount, lazily unmounted on drop (which also frees an auto-clearing loop
+/// device once nothing else holds it).
+pub struct Mounted {
+    pub target: PathBuf,
+}
+
+impl Mounted {
+    /// `source` mounted read-only on `target` (made if missing) by mount(2).
+    pub fn read_only(source: &Path, target: &Path, fstype: &str) -> rustix::io::Result<Self> {
+        fs::create_dir_all(target).expect("creating mount point");
+        rustix::mount::mount(source, target, fstype, MountFlags::RDONLY, None::<&CStr>)?;
+        Ok(Mounted {
+            target: target.to_owned(),
+        })
+    }
+
+    /// `mount ARGS... TARGET` (util-linux); `target` is made if missing.
+    pub fn with_mount_command(args: &[&OsStr], target: &Path) -> Self {
+        fs::create_dir_all(target).expect("creating mount point");
+        run(Command::new("mount").args(args).arg(target));
+        Mounted {
+            target: target.to_owned(),
+        }
+    }
+
+    /// An image file mounted through an auto-clearing loop device (`-o loop`).
+    pub fn loop_image(image: &Path, fstype: &str, target: &Path) -> Self {
+        Mounted::with_mount_command(
+            &[
+                "-t".as_ref(),
+                fstype.as_ref(),
+                "-o".as_ref(),
+                "loop".as_ref(),
+                image.as_os_str(),
+            ],
+            target,
+        )
+    }
+
+    pub fn bind(source: &Path, target: &Path) -> Self {
+        Mounted::with_mount_command(&["--bind".as_ref(), source.as_os_str()], target)
+    }
+
+    pub fn tmpfs(target: &Path) -> Self {
+        Mounted::with_mount_command(&["-t".as_ref(), "tmpfs".as_ref(), "tmpfs".as_ref()], target)
+    }
+
+    pub fn overlay(lower: &Path, upperdir: &Path, workdir: &Path, target: &Path) -> Self {
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upperdir.display(),
+            workdir.display()
+        );
+        Mounted::with_mount_command(
+            &[
+                "-t".as_ref(),
+                "overlay".as_ref(),
+                "overlay".as_ref(),
+                "-o".as_ref(),
+                options.as_ref(),
+            ],
+            target,
+        )
+    }
+
+    /// The same mount, after a rename of a directory above it moved it.
+    pub fn moved_to(mut self, target: PathBuf) -> Self {
+        self.target = target;
+        self
+    }
+
+    /// Unmount now (not lazily), failing the test if that fails.
+    pub fn unmount(mut self) {
+        let target = std::mem::take(&mut self.target);
+        rustix::mount::unmount(&target, UnmountFlags::empty())
+            .unwrap_or_else(|e| panic!("unmounting {}: {e}", target.display()));
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if !self.target.as_os_str().is_empty() {
+            let _ = rustix::mount::unmount(&self.target, UnmountFlags::DETACH);
+        }
+    }
+}
+
+/// A loop device made with `losetup`, detached on drop (its partitions go
+/// with it).
 pub struct Loop {
     pub dev: PathBuf,
 }
@@ -101,16 +209,50 @@ impl Loop {
         if read_only {
             cmd.arg("--read-only");
         }
-        let out = cmd.arg(file).output().expect("losetup");
-        assert!(
-            out.status.success(),
-            "losetup {}: {}",
-            file.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
         Loop {
-            dev: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+            dev: PathBuf::from(run(cmd.arg(file))),
         }
+    }
+
+    /// Attach `image` with partition scanning, and make sure the kernel knows
+    /// each of `partitions` (number, first sector, sectors). A kernel built
+    /// without partition parsers finds none by scanning, so those missing are
+    /// added with BLKPG (`addpart`), the way `partx` does.
+    pub fn attach_partitioned(image: &Path, partitions: &[(u32, u64, u64)]) -> Loop {
+        let dev = run(Command::new("losetup")
+            .args(["--find", "--show", "--partscan"])
+            .arg(image));
+        let guard = Loop {
+            dev: PathBuf::from(dev),
+        };
+        for &(number, start, sectors) in partitions {
+            let sysfs = format!("/sys/class/block/{}p{number}", guard.name());
+            if !Path::new(&sysfs).exists() {
+                run(Command::new("addpart").arg(&guard.dev).args([
+                    number.to_string(),
+                    start.to_string(),
+                    sectors.to_string(),
+                ]));
+            }
+        }
+        guard
+    }
+
+    /// The kernel's name for the device (`loop3`).
+    pub fn name(&self) -> &str {
+        self.dev
+            .file_name()
+            .and_then(OsStr::to_str)
+            .expect("losetup prints /dev/loopN")
+    }
+
+    /// The device path as a string (`/dev/loop3`).
+    pub fn dev_str(&self) -> &str {
+        self.dev.to_str().expect("losetup prints /dev/loopN")
+    }
+
+    pub fn partition(&self, number: u32) -> PathBuf {
+        PathBuf::from(format!("{}p{number}", self.dev.display()))
     }
 }
 
@@ -121,22 +263,30 @@ impl Drop for Loop {
         if let Some(dir) = std::env::var_os(CHILD_DIR_ENV) {
             drop(UnmountAllUnder(PathBuf::from(dir)));
         }
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+        let status = Command::new("losetup")
+            .arg("--detach")
+            .arg(&self.dev)
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!("could not detach {}: {status:?}", self.dev.display());
+        }
     }
 }
 
-/// Loop devices (`NAME BACK-FILE` lines) bound to a file under `dir`.
-pub fn loop_devices_under(dir: &Path) -> Vec<String> {
-    let out = Command::new("losetup")
-        .args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"])
-        .output()
-        .expect("losetup --list");
-    let dir = dir.to_string_lossy();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&*dir))
-        .map(str::to_string)
+/// Loop devices bound to a file under `dir`, as `(/dev/loopN, file)`.
+pub fn loop_devices_under(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
+    loopdev::attached_loop_devices()
+        .expect("listing loop devices")
+        .into_iter()
+        .filter(|(_, file)| file.starts_with(dir))
         .collect()
+}
+
+/// Fail at once if a loop device is still bound to a file under `dir`: for
+/// checks right after a synchronous detach.
+pub fn assert_no_loop_device_under_now(dir: &Path) {
+    let left = loop_devices_under(dir);
+    assert!(left.is_empty(), "loop devices left behind: {left:?}");
 }
 
 /// Fail if a loop device is still bound to a file under `dir`. The kernel
@@ -144,30 +294,26 @@ pub fn loop_devices_under(dir: &Path) -> Vec<String> {
 /// (an overlay's private mount clones are released from a work queue), so this
 /// waits for the kernel's uevents about those devices, up to a bound.
 pub fn assert_no_loop_device_under(dir: &Path) {
-    use overlay_init::sys::uevent::{Received, UeventSocket};
+    use overlay_init::sys::uevent::UeventSocket;
     let mut socket = UeventSocket::open().expect("uevent socket");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left = loop_devices_under(dir);
         if left.is_empty() {
             return;
         }
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         assert!(now < deadline, "loop devices left behind: {left:?}");
-        // Any event (or the bound) triggers a re-check.
-        match socket
+        // Any event, an overflow or the bound triggers a re-check.
+        socket
             .receive(Some(deadline - now))
-            .expect("receive uevent")
-        {
-            Received::Event(_) | Received::Timeout | Received::Overflow => {}
-            #[allow(unreachable_patterns)]
-            _ => {}
-        }
+            .expect("receive uevent");
     }
 }
 
-/// Run a command and panic with its output if it fails.
-pub fn run(cmd: &mut Command) {
+/// Run a command, panic with its output if it fails, and return its standard
+/// output, trimmed.
+pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
@@ -175,6 +321,7 @@ pub fn run(cmd: &mut Command) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A squashfs image of `dir`.
@@ -186,16 +333,87 @@ pub fn mksquashfs(dir: &Path, image: &Path) {
     ]));
 }
 
-/// An ext4 image of `size_mib` MiB, filled from `dir` when given.
-pub fn mkext4(image: &Path, size_mib: u64, label: &str, dir: Option<&Path>) {
-    let f = fs::File::create(image).expect("create image");
-    f.set_len(size_mib << 20).expect("size image");
-    let mut cmd = Command::new("mkfs.ext4");
-    cmd.args(["-q", "-F", "-L", label]);
-    if let Some(dir) = dir {
-        cmd.arg("-d").arg(dir);
+/// An ext4 filesystem to write into an image file with `mkfs.ext4`.
+pub struct Ext4<'a> {
+    size_mib: u64,
+    label: Option<&'a str>,
+    uuid: Option<&'a str>,
+    contents: Option<&'a Path>,
+    offset_bytes: u64,
+}
+
+impl<'a> Ext4<'a> {
+    pub fn mib(size_mib: u64) -> Self {
+        Ext4 {
+            size_mib,
+            label: None,
+            uuid: None,
+            contents: None,
+            offset_bytes: 0,
+        }
     }
-    run(cmd.arg(image));
+
+    pub fn label(self, label: &'a str) -> Self {
+        Ext4 {
+            label: Some(label),
+            ..self
+        }
+    }
+
+    pub fn uuid(self, uuid: &'a str) -> Self {
+        Ext4 {
+            uuid: Some(uuid),
+            ..self
+        }
+    }
+
+    /// Fill the filesystem from this directory (`mkfs.ext4 -d`).
+    pub fn contents(self, dir: &'a Path) -> Self {
+        Ext4 {
+            contents: Some(dir),
+            ..self
+        }
+    }
+
+    /// Put the filesystem this many bytes into the image (a partition's start).
+    /// `mke2fs` clears the start of the file whatever the offset, so write a
+    /// partition table after the filesystem.
+    pub fn at_offset(self, offset_bytes: u64) -> Self {
+        Ext4 {
+            offset_bytes,
+            ..self
+        }
+    }
+
+    /// Write the filesystem into `image`, made (or grown) to hold it; a larger
+    /// file keeps its size.
+    pub fn write_to(self, image: &Path) {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(image)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", image.display()));
+        let needed = self.offset_bytes + (self.size_mib << 20);
+        if file.metadata().unwrap().len() < needed {
+            file.set_len(needed).expect("sizing image");
+        }
+        let mut cmd = Command::new("mkfs.ext4");
+        cmd.args(["-q", "-F"]);
+        if let Some(label) = self.label {
+            cmd.args(["-L", label]);
+        }
+        if let Some(uuid) = self.uuid {
+            cmd.args(["-U", uuid]);
+        }
+        if let Some(dir) = self.contents {
+            cmd.arg("-d").arg(dir);
+        }
+        if self.offset_bytes > 0 {
+            cmd.arg("-E").arg(format!("offset={}", self.offset_bytes));
+        }
+        run(cmd.arg(image).arg(format!("{}M", self.size_mib)));
+    }
 }
 
 /// Write `files` (path relative to `root`, content) into a fresh directory tree.
@@ -205,4 +423,37 @@ pub fn tree(root: &Path, files: &[(&str, &str)]) {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(&p, content).unwrap();
     }
+}
+
+/// A number no other run or call of this process shares.
+pub fn unique_number() -> u64 {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    (u64::from(std::process::id()) << 32)
+        ^ (nanos << 8)
+        ^ u64::from(COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// An ext4 label (at most 16 bytes) unique to this run: block devices are
+/// global, and other tests' and the host's must never match.
+pub fn unique_label(prefix: &str) -> String {
+    let label = format!("{prefix}{:x}", unique_number() & 0xff_ffff_ffff);
+    label[..label.len().min(16)].to_string()
+}
+
+/// A version-4-shaped UUID unique to this run.
+pub fn unique_uuid() -> String {
+    let n = unique_number();
+    let m = n.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15;
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        n >> 32,
+        (n >> 16) & 0xffff,
+        n & 0xfff,
+        m & 0xfff,
+        (m >> 12) & 0xffff_ffff_ffff
+    )
 }
