@@ -148,8 +148,10 @@ fn assemble_router(
     argv0: &str,
     timeline: &mut Timeline,
 ) -> std::result::Result<(String, crate::overlay::Staging, UpperKind), StepError> {
-    timeline.step("command line", || check_router_config(config))?;
-    let init = timeline.step("command line", || router::real_init(config, argv0))?;
+    let init = timeline.step("command line", || {
+        check_router_config(config)?;
+        router::real_init(config, argv0)
+    })?;
     let early_failsafe = crate::failsafe::early_reason(config, boot::failsafe_key_window(config));
     timeline.step("modules", || {
         // Optional: a router kernel has its drivers built in.

@@ -191,6 +191,8 @@ fn router_mode_with_kernel_stand_in_persists_on_second_partition_and_resets() {
     );
     assert_test_passed(&reset);
     assert_output(&reset, "KEPT=gone");
+    // The old upper is removed after the pivot, as after switch_root.
+    assert_marker(&reset, "reset: removing the trash in the background");
     assert_output(&reset, "ETC=ok");
 
     let after_reset = router_boot(
