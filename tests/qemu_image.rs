@@ -140,3 +140,37 @@ fn image_file_ext4_made_with_dd_and_mkfs_on_ext4_partition() {
     assert_output(&result, "ROM-IS-ROOT");
     assert_output(&result, "OVERLAY-WRITABLE");
 }
+
+#[test]
+fn image_file_missing_or_not_a_filesystem_fails_naming_the_file() {
+    let scratch = Scratch::new("image-bad");
+    let garbage = scratch.join("garbage.img");
+    write_file(&garbage, vec![0x5a_u8; 256 * 1024], 0o644);
+    let holding = holding_partition(&scratch, &[(&garbage, "/images/garbage.img")], 16);
+    let disk = disk_with(&scratch, &holding, 16);
+
+    let not_a_filesystem = image_boot(
+        &disk,
+        "ovl.image=/images/garbage.img ovl.onfail=halt",
+        "true",
+    );
+    assert_marker(&not_a_filesystem, "overlay-init: BOOT FAILED");
+    assert_marker(&not_a_filesystem, "* step: lower");
+    assert_marker(&not_a_filesystem, "image file /images/garbage.img");
+    assert_marker(
+        &not_a_filesystem,
+        "holds no filesystem overlay-init recognises",
+    );
+    assert_no_marker(&not_a_filesystem, "OVLTEST: pid=");
+    assert_exit(&not_a_filesystem, Exit::PowerOff);
+
+    let missing = image_boot(
+        &disk,
+        "ovl.image=/images/missing.sqsh ovl.onfail=halt",
+        "true",
+    );
+    assert_marker(&missing, "* step: lower");
+    assert_marker(&missing, "images/missing.sqsh");
+    assert_no_marker(&missing, "OVLTEST: pid=");
+    assert_exit(&missing, Exit::PowerOff);
+}
