@@ -267,6 +267,23 @@ fn boot_state(
     state
 }
 
+/// Load the kernel modules the module index lists, if there is one
+/// (`ovl.modules=` says how). A module that fails is logged by name; the boot
+/// goes on, and fails later only if a device or filesystem is then missing.
+pub fn load_modules(config: &Config) -> Result<()> {
+    let index = Path::new(crate::modindex::INDEX_PATH);
+    if !index.exists() {
+        return Ok(());
+    }
+    let parallel = config.modules == cmdline::ModuleLoading::Parallel;
+    let report = sys::modules::load_from_index(index, parallel)?;
+    for failed in report.failed() {
+        log::warn!("module {}: {:?}", failed.name, failed.outcome);
+    }
+    log::debug!("{report:?}");
+    Ok(())
+}
+
 /// Everything up to a mounted, checked new root at `staging.root()`.
 /// `early_failsafe`: failsafe asked for by parameter or key.
 pub fn assemble(
@@ -275,14 +292,7 @@ pub fn assemble(
     timeline: &mut Timeline,
     early_failsafe: Option<failsafe::Reason>,
 ) -> std::result::Result<UpperKind, StepError> {
-    timeline.step("modules", || {
-        let index = Path::new(crate::modindex::INDEX_PATH);
-        if index.exists() {
-            let report = sys::modules::load_from_index(index, true)?;
-            log::debug!("{report:?}");
-        }
-        Ok(())
-    })?;
+    timeline.step("modules", || load_modules(config))?;
     if let Some(delay) = config.rootdelay {
         timeline.step("rootdelay", || {
             log::info!("rootdelay={delay}: waiting {delay} s as asked");
@@ -294,14 +304,7 @@ pub fn assemble(
         step: "command line",
         error: anyhow!("root= is missing: name the read-only lower device (root=/dev/NAME, LABEL=, UUID=, PARTUUID=, PARTLABEL=)"),
     })?;
-    let lower_devices: Vec<DeviceSpec> = config
-        .lowers
-        .iter()
-        .filter_map(|l| match l {
-            LowerSpec::Device(d) => Some(d.clone()),
-            LowerSpec::File(_) => None,
-        })
-        .collect();
+    let lower_devices: Vec<DeviceSpec> = lower_device_specs(config).into_iter().cloned().collect();
     let upper_device = match &config.upper {
         UpperSpec::Device(d) => Some(d.clone()),
         UpperSpec::Tmpfs => None,
@@ -605,15 +608,68 @@ fn find_devices(
     upper: Option<&DeviceSpec>,
     lowers: &[DeviceSpec],
 ) -> Result<FoundDevices> {
+    let mut required: Vec<&DeviceSpec> = vec![root];
+    required.extend(lowers.iter());
+    let (mut paths, upper) = wait_for_devices(config, &required, upper)?;
+    let lowers = paths.split_off(1);
+    let root = paths.pop().context("internal: root device not resolved")?;
+    Ok(FoundDevices {
+        root,
+        upper,
+        lowers,
+    })
+}
+
+/// The `ovl.lower=` device specs of the command line, in order.
+pub fn lower_device_specs(config: &Config) -> Vec<&DeviceSpec> {
+    config
+        .lowers
+        .iter()
+        .filter_map(|l| match l {
+            LowerSpec::Device(d) => Some(d),
+            LowerSpec::File(_) => None,
+        })
+        .collect()
+}
+
+/// Wait for the `required` devices (in order; a missing one is an error after
+/// the deadline) and the upper device (a missing one is a warning: the boot
+/// goes on with a tmpfs upper). Shared by initramfs and router mode.
+///
+/// `/dev/NAME` specs whose node is already a live block device are taken as
+/// they are, like the kernel's own `root=/dev/NAME`: only when something is
+/// missing or named by LABEL/UUID/... does the uevent watcher start.
+pub fn wait_for_devices(
+    config: &Config,
+    required: &[&DeviceSpec],
+    upper: Option<&DeviceSpec>,
+) -> Result<(Vec<PathBuf>, Option<PathBuf>)> {
+    let present_now = |spec: &DeviceSpec| match spec {
+        DeviceSpec::Path(p) if sys::blockdev::is_live_block_device(Path::new(p)) => {
+            Some(PathBuf::from(p))
+        }
+        _ => None,
+    };
+    let fast: Option<Vec<PathBuf>> = required.iter().map(|s| present_now(s)).collect();
+    let fast_upper = upper.map(present_now);
+    if let (Some(found), None | Some(Some(_))) = (&fast, &fast_upper) {
+        for (spec, path) in required.iter().zip(found) {
+            log::debug!("{spec} is present: {}", path.display());
+        }
+        return Ok((found.clone(), fast_upper.flatten()));
+    }
     let deadline = device_deadline(config).map(|d| Instant::now() + d);
     let mut waiter =
         sys::blockdev::DeviceWaiter::new().context("start watching for block devices")?;
-    let mut specs: Vec<&DeviceSpec> = vec![root];
-    specs.extend(lowers.iter());
-    let resolved = waiter.wait_for(&specs, deadline, |_| {})?;
-    let mut paths = resolved.into_iter().map(|r| r.dev_path);
-    let root = paths.next().context("internal: root device not resolved")?;
-    let lowers = paths.collect();
+    let found = if required.is_empty() {
+        Vec::new()
+    } else {
+        waiter
+            .wait_for(required, deadline, |_| {})?
+            .into_iter()
+            .map(|r| r.dev_path)
+            .collect()
+    };
     // A missing upper never blocks boot: it is waited for, then degraded to tmpfs.
     let upper = match upper {
         None => None,
@@ -628,11 +684,19 @@ fn find_devices(
             }
         },
     };
-    Ok(FoundDevices {
-        root,
-        upper,
-        lowers,
-    })
+    Ok((found, upper))
+}
+
+/// The one-line summary before the exec: time since PID 1 started, kernel
+/// uptime, peak memory, `notes`, and every step's duration.
+pub fn log_handover(init: &str, started: Instant, timeline: &Timeline, notes: &str) {
+    log::info!(
+        "handover to {init} after {:.1} ms (uptime {:.3} s, peak memory {}, {notes}): {}",
+        started.elapsed().as_secs_f64() * 1e3,
+        sys::kmsg::uptime().unwrap_or_default(),
+        sys::kmsg::vm_hwm().unwrap_or_default(),
+        timeline.summary()
+    );
 }
 
 /// Read the first bytes of a device and detect its filesystem.
@@ -784,19 +848,11 @@ fn handover(
     }
     let _ = sys::switch::reopen_console();
     crate::logger::attach_kmsg();
-    log::info!(
+    let freed = format!(
         "initramfs freed: {} entries removed, {} kept (mount points)",
-        freed.removed,
-        freed.kept
+        freed.removed, freed.kept
     );
-    log::info!(
-        "handover to {} after {:.1} ms (uptime {:.3} s): {}",
-        config.init,
-        started.elapsed().as_secs_f64() * 1e3,
-        sys::kmsg::uptime().unwrap_or_default(),
-        timeline.summary()
-    );
-    log::debug!("peak memory: {}", sys::kmsg::vm_hwm().unwrap_or_default());
+    log_handover(&config.init, started, timeline, &freed);
     start_trash_cleanup(upper);
     sys::kmsg::restore_ratelimit(kmsg_ratelimit);
     let error = sys::switch::exec_init(&config.init, args);

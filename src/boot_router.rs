@@ -19,7 +19,6 @@ use anyhow::{bail, Context, Result};
 
 use crate::boot::{self, StepError, Timeline, UpperKind};
 use crate::cmdline::{Config, LowerSpec, UpperSpec};
-use crate::devspec::DeviceSpec;
 use crate::router::{self, RootMount};
 use crate::sys;
 
@@ -107,12 +106,7 @@ pub fn run_router_pid1() -> ! {
     }
     let _ = sys::switch::reopen_console();
     crate::logger::attach_kmsg();
-    log::info!(
-        "handover to {init} after {:.1} ms (uptime {:.3} s): {}",
-        started.elapsed().as_secs_f64() * 1e3,
-        sys::kmsg::uptime().unwrap_or_default(),
-        timeline.summary()
-    );
+    boot::log_handover(&init, started, &timeline, "router mode");
     boot::start_trash_cleanup(&upper);
     sys::kmsg::restore_ratelimit(kmsg_ratelimit);
     let error = sys::switch::exec_init(&init, &args);
@@ -153,18 +147,8 @@ fn assemble_router(
         router::real_init(config, argv0)
     })?;
     let early_failsafe = crate::failsafe::early_reason(config, boot::failsafe_key_window(config));
-    timeline.step("modules", || {
-        // Optional: a router kernel has its drivers built in.
-        let index = Path::new(crate::modindex::INDEX_PATH);
-        if index.exists() {
-            let report = sys::modules::load_from_index(index, true)?;
-            for failed in report.failed() {
-                log::warn!("module {}: {:?}", failed.name, failed.outcome);
-            }
-            log::debug!("{report:?}");
-        }
-        Ok(())
-    })?;
+    // Optional: a router kernel has its drivers built in.
+    timeline.step("modules", || boot::load_modules(config))?;
     let devices = timeline.step("device wait", || find_router_devices(config))?;
     let staging = timeline.step("staging", router::prepare_staging)?;
     // The root is the lower; its device guards the reset.
@@ -207,14 +191,7 @@ fn assemble_router(
 /// Wait for the `ovl.lower=` devices (fatal when missing) and the upper device
 /// (a missing one boots on tmpfs, as in initramfs mode). `root=` is mounted.
 fn find_router_devices(config: &Config) -> Result<RouterDevices> {
-    let lowers: Vec<&DeviceSpec> = config
-        .lowers
-        .iter()
-        .filter_map(|l| match l {
-            LowerSpec::Device(d) => Some(d),
-            LowerSpec::File(_) => None,
-        })
-        .collect();
+    let lowers = boot::lower_device_specs(config);
     let upper = match &config.upper {
         UpperSpec::Device(d) => Some(d),
         UpperSpec::Tmpfs => None,
@@ -222,31 +199,7 @@ fn find_router_devices(config: &Config) -> Result<RouterDevices> {
     if lowers.is_empty() && upper.is_none() {
         return Ok(RouterDevices::default());
     }
-    let deadline = boot::device_deadline(config).map(|d| Instant::now() + d);
-    let mut waiter =
-        sys::blockdev::DeviceWaiter::new().context("start watching for block devices")?;
-    let lowers = if lowers.is_empty() {
-        Vec::new()
-    } else {
-        waiter
-            .wait_for(&lowers, deadline, |_| {})?
-            .into_iter()
-            .map(|r| r.dev_path)
-            .collect()
-    };
-    let upper = match upper {
-        None => None,
-        Some(spec) => match waiter.wait_for(&[spec], deadline, |_| {}) {
-            Ok(mut found) => found.pop().map(|r| r.dev_path),
-            Err(e) => {
-                boot::warn_box(
-                    "persistent upper not found, booting on a tmpfs upper",
-                    &[format!("ovl.upper={spec}"), format!("reason: {e:#}")],
-                );
-                None
-            }
-        },
-    };
+    let (lowers, upper) = boot::wait_for_devices(config, &lowers, upper)?;
     Ok(RouterDevices { upper, lowers })
 }
 

@@ -58,6 +58,16 @@ impl TmpfsSize {
     }
 }
 
+/// How the initramfs's kernel modules are loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModuleLoading {
+    /// One after another, in dependency order (measured fastest under QEMU).
+    #[default]
+    Sequential,
+    /// Independent modules on worker threads at once.
+    Parallel,
+}
+
 /// What happens when the boot cannot go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnFail {
@@ -93,6 +103,7 @@ pub struct Config {
     pub timeout: Option<u32>,
     /// `None`: the default (a shell if the initramfs has one, else reboot).
     pub onfail: Option<OnFail>,
+    pub modules: ModuleLoading,
     pub debug: bool,
     /// Arguments after `--`, for the real init.
     pub init_args: Vec<String>,
@@ -120,6 +131,7 @@ impl Default for Config {
             maxtries: DEFAULT_MAXTRIES,
             timeout: None,
             onfail: None,
+            modules: ModuleLoading::Sequential,
             debug: false,
             init_args: Vec::new(),
         }
@@ -248,6 +260,7 @@ pub const OVL_PARAMS: &[&str] = &[
     "maxtries",
     "timeout",
     "onfail",
+    "modules",
     "debug",
     "init",
 ];
@@ -451,6 +464,16 @@ fn apply_ovl(
                 false,
                 "accepted: shell, reboot, halt; using the default (shell if present, else reboot)"
                     .into(),
+            ),
+        },
+        "modules" => match value {
+            Some("sequential") => config.modules = ModuleLoading::Sequential,
+            Some("parallel") => config.modules = ModuleLoading::Parallel,
+            _ => problem(
+                problems,
+                raw,
+                false,
+                "accepted: sequential, parallel; using the default (sequential)".into(),
             ),
         },
         "init" => match value {
@@ -712,6 +735,12 @@ mod tests {
         assert_eq!(c.init, "/sbin/procd");
         assert_eq!(c.ovl_init.as_deref(), Some("/sbin/procd"));
         assert!(ok("ovl.failsafe").failsafe);
+        assert_eq!(ok("ovl.modules=parallel").modules, ModuleLoading::Parallel);
+        assert_eq!(
+            ok("ovl.modules=sequential").modules,
+            ModuleLoading::Sequential
+        );
+        assert_eq!(problems("ovl.modules=fast")[0].param, "ovl.modules");
         assert_eq!(ok("ovl.size=64M").size, Some(TmpfsSize::Bytes(64 << 20)));
         assert_eq!(ok("ovl.size=50%").size, Some(TmpfsSize::Percent(50)));
         assert_eq!(ok("ovl.upper=tmpfs").upper, UpperSpec::Tmpfs);

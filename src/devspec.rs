@@ -104,7 +104,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_specs_with_reason() {
-        for bad in ["vda", "LABEL=", "UUID=xyz", "/dev/", "/dev/../etc", "PARTUUID=g"] {
+        for bad in [
+            "vda",
+            "LABEL=",
+            "UUID=xyz",
+            "/dev/",
+            "/dev/../etc",
+            "PARTUUID=g",
+        ] {
             let err = DeviceSpec::parse(bad).unwrap_err();
             assert!(!err.is_empty(), "{bad}");
         }
@@ -112,7 +119,13 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for s in ["/dev/sda", "LABEL=x", "UUID=ab-cd", "PARTUUID=12-01", "PARTLABEL=p"] {
+        for s in [
+            "/dev/sda",
+            "LABEL=x",
+            "UUID=ab-cd",
+            "PARTUUID=12-01",
+            "PARTLABEL=p",
+        ] {
             assert_eq!(DeviceSpec::parse(s).unwrap().to_string(), s);
         }
     }

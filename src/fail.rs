@@ -22,8 +22,10 @@ pub fn choose_action(onfail: Option<OnFail>, shell_present: bool) -> OnFail {
     }
 }
 
-/// A boxed, multi-line message that stands out on a serial console.
+/// A boxed, multi-line message that stands out on a serial console. Lines
+/// holding newlines (a device listing) become several box lines.
 pub fn boxed(title: &str, lines: &[String]) -> String {
+    let lines: Vec<&str> = lines.iter().flat_map(|l| l.lines()).collect();
     let width = lines
         .iter()
         .map(|l| l.chars().count())
@@ -136,7 +138,10 @@ mod tests {
                 "cause: no such device"
             ]
         );
+        let mut lines = lines;
+        lines.push("two\nlines".into());
         let b = boxed("T", &lines);
+        assert!(b.contains("* two"));
         assert!(b
             .lines()
             .all(|l| l.chars().count() == b.lines().next().unwrap().chars().count()));

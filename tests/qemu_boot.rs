@@ -156,6 +156,7 @@ fn real_init_is_pid1_with_args_and_the_initramfs_is_freed() {
         .first()
         .unwrap_or_else(|| panic!("no 'initramfs freed' line\n{result:?}"));
     let removed: u64 = line.split(' ').next().unwrap().parse().unwrap();
+    assert!(result.contains("peak memory "), "{result:?}");
     assert!(
         removed >= 14,
         "init, console, index and 11 modules at least: {line}"

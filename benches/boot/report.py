@@ -15,10 +15,10 @@ import sys
 
 PRINTK = re.compile(r"^\[\s*(\d+\.\d+)\] (.*)$")
 OVL_HANDOVER = re.compile(
-    r"^overlay-init: handover to (\S+) after ([\d.]+) ms \(uptime [\d.]+ s\): (.*)$"
+    r"^overlay-init: handover to (\S+) after ([\d.]+) ms \(uptime [\d.]+ s.*\): (\S+=[\d.]+ms.*)$"
 )
 BB_MARK = re.compile(r"^bbinit: (\S+) \(uptime [\d.]+\)(?: (.*))?$")
-PEAK = re.compile(r"peak memory: (\d+) kB")
+PEAK = re.compile(r"peak memory:? (\d+) kB")
 MODULE = re.compile(r"^overlay-init: module (\S+) loaded in ([\d.]+)(ms|µs|us|s)$")
 
 # overlay-init steps that are one or a few module-loading or mount system calls: the

@@ -462,3 +462,19 @@ fn read_head(node: &Path, len: usize) -> Result<Vec<u8>> {
         .with_context(|| format!("read the first {len} bytes of {}", node.display()))?;
     Ok(head)
 }
+
+/// Whether `path` is a block device node whose device is there now with a
+/// nonzero size (a media-less drive or an unbound loop device is not).
+pub fn is_live_block_device(path: &Path) -> bool {
+    let Ok(st) = rustix::fs::stat(path) else {
+        return false;
+    };
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::BlockDevice {
+        return false;
+    }
+    let (major, minor) = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+    std::fs::read_to_string(format!("{SYS}/dev/block/{major}:{minor}/size"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .is_some_and(|sectors| sectors > 0)
+}
