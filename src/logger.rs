@@ -1,6 +1,9 @@
-//! A `log::Log` that writes `<level>overlay-init: message` to `/dev/kmsg`, and to
-//! the console whatever the kernel would not echo there itself (so a message is
-//! seen once, even with `quiet`). Before `/dev` exists it writes to the console only.
+//! A `log::Log` that writes `<level>overlay-init: message` to `/dev/kmsg`. The
+//! kernel echoes kmsg lines to the console by its own loglevel rule; warnings and
+//! errors that it would not show (with `quiet`) are written to the console here,
+//! so they are seen once, always. Informational lines respect `quiet`: they stay
+//! in the kernel log (`dmesg`), and cost no slow serial-console output. Before
+//! `/dev/kmsg` is open everything goes to the console.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -126,6 +129,17 @@ impl Log for KmsgLogger {
     fn flush(&self) {}
 }
 
+/// Whether a record must be written to the console by us: when it is not in
+/// the kernel log at all, or when it is a warning or an error that the kernel's
+/// console loglevel hides.
+pub fn write_to_console(level: Level, in_kmsg: bool, console_loglevel: u8) -> bool {
+    if !in_kmsg {
+        return true;
+    }
+    let shown_by_kernel = syslog_priority(level) < console_loglevel;
+    !shown_by_kernel && level <= Level::Warn
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +153,21 @@ mod tests {
         assert_eq!(kmsg_line(Level::Info, "a\nb"), "<6>overlay-init: a | b\n");
         assert_eq!(syslog_priority(Level::Warn), 4);
         assert_eq!(syslog_priority(Level::Debug), 7);
+    }
+
+    #[test]
+    fn console_gets_what_the_kernel_hides_only_if_it_matters() {
+        // No kmsg yet: everything goes to the console.
+        assert!(write_to_console(Level::Info, false, 7));
+        // Default loglevel 7: the kernel prints info, warnings, errors itself.
+        for level in [Level::Error, Level::Warn, Level::Info] {
+            assert!(!write_to_console(level, true, 7), "{level}");
+        }
+        // `quiet` (loglevel 4): warnings and errors are echoed, info stays in dmesg.
+        assert!(write_to_console(Level::Warn, true, 4));
+        assert!(!write_to_console(Level::Error, true, 4));
+        assert!(write_to_console(Level::Error, true, 3));
+        assert!(!write_to_console(Level::Info, true, 4));
+        assert!(!write_to_console(Level::Debug, true, 4));
     }
 }

@@ -14,7 +14,7 @@ fn boot_with(disks: Vec<Disk>, extra: &str, script: &str) -> BootResult {
     boot(&BootSpec {
         append: format!("root=/dev/vda {extra} {}", test_init_args(script)),
         disks,
-        quiet: true,
+
         ..Default::default()
     })
 }
@@ -140,7 +140,7 @@ fn real_init_is_pid1_with_args_and_the_initramfs_is_freed() {
     let result = boot(&BootSpec {
         append: "root=/dev/vda init=/sbin/test-init -- \"echo ARGC=$#; echo PID=$$; echo INIT=$(test -e /init && echo present || echo absent); echo STAGING=$(test -e /.ovl && echo present || echo absent)\" second-arg".into(),
         disks: vec![Disk::ro(&a.root_sqsh)],
-        quiet: true,
+
         ..Default::default()
     });
     assert_test_passed(&result);

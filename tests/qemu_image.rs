@@ -48,7 +48,7 @@ fn image_boot(disk: &Path, extra: &str, script: &str) -> BootResult {
     boot(&BootSpec {
         append: format!("root=LABEL=images {extra} {}", test_init_args(script)),
         disks: vec![Disk::ro(disk)],
-        quiet: true,
+
         ..Default::default()
     })
 }

@@ -20,7 +20,7 @@ fn boot_upper(upper: &std::path::Path, extra: &str, script: &str) -> BootResult 
             test_init_args(script)
         ),
         disks: vec![Disk::ro(&a.root_sqsh), Disk::rw(upper)],
-        quiet: true,
+
         ..Default::default()
     });
     assert_test_passed(&result);

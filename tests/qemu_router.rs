@@ -130,7 +130,7 @@ fn router_boot(initrd: &Path, disk: &Path, extra: &str, script: &str) -> BootRes
         ),
         disks: vec![Disk::rw(disk)],
         initrd: Initrd::Path(initrd.to_path_buf()),
-        quiet: true,
+
         ..Default::default()
     })
 }
