@@ -100,10 +100,15 @@ pub fn run_pid1() -> ! {
     if let Err(e) = timeline.step("api mounts", mount_api_filesystems) {
         crate::fail::fatal(e.step, &e.error, None);
     }
-    crate::logger::attach_kmsg();
-    let kmsg_ratelimit = sys::kmsg::lift_ratelimit();
-    let uptime_start = sys::kmsg::uptime();
-    let config = load_config();
+    let (kmsg_ratelimit, uptime_start) = timeline
+        .step("log setup", || {
+            crate::logger::attach_kmsg();
+            Ok((sys::kmsg::lift_ratelimit(), sys::kmsg::uptime()))
+        })
+        .unwrap_or_else(|e| crate::fail::fatal(e.step, &e.error, None));
+    let config = timeline
+        .step("command line", || Ok(load_config()))
+        .unwrap_or_else(|e| crate::fail::fatal(e.step, &e.error, None));
     log::info!(
         "starting (uptime {:.3} s): root={} upper={}",
         uptime_start.unwrap_or_default(),
@@ -118,13 +123,19 @@ pub fn run_pid1() -> ! {
         }
     );
 
-    let early_failsafe = failsafe::early_reason(&config, failsafe_key_window(&config));
+    let key = timeline
+        .step("failsafe window", || Ok(failsafe_key_window(&config)))
+        .unwrap_or_else(|e| crate::fail::fatal(e.step, &e.error, config.onfail));
+    let early_failsafe = failsafe::early_reason(&config, key);
     let staging = Staging::new(STAGING_DIR, KEEP_DIR);
     let upper = match assemble(&config, &staging, &mut timeline, early_failsafe) {
         Ok(upper) => upper,
         Err(e) => crate::fail::fatal(e.step, &e.error, config.onfail),
     };
-    record_boot(&config, &staging, &upper);
+    let _ = timeline.step("record boot", || {
+        record_boot(&config, &staging, &upper);
+        Ok(())
+    });
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let err = handover(
         &config,
