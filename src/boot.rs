@@ -278,6 +278,10 @@ fn boot_state(
     state
 }
 
+/// Modules loaded only when a mount needs them (see `overlay::mount_*` and
+/// `mount_image`): a squashfs boot with a tmpfs upper loads no erofs or loop.
+pub const ON_DEMAND_MODULES: &[&str] = &["squashfs", "erofs", "ext4", "overlay", "loop"];
+
 /// Load the kernel modules the module index lists, if there is one
 /// (`ovl.modules=` says how). A module that fails is logged by name; the boot
 /// goes on, and fails later only if a device or filesystem is then missing.
@@ -287,7 +291,7 @@ pub fn load_modules(config: &Config) -> Result<()> {
         return Ok(());
     }
     let parallel = config.modules == cmdline::ModuleLoading::Parallel;
-    let report = sys::modules::load_from_index(index, parallel)?;
+    let report = sys::modules::load_eager(index, parallel, ON_DEMAND_MODULES)?;
     for failed in report.failed() {
         log::warn!("module {}: {:?}", failed.name, failed.outcome);
     }
@@ -583,6 +587,9 @@ pub fn mount_image(
     target: &Path,
 ) -> Result<u64> {
     let file = host.join(path.trim_start_matches('/'));
+    if !Path::new("/dev/loop-control").exists() {
+        let _ = sys::modules::load_on_demand("loop");
+    }
     let loop_dev = sys::loopdev::attach_image(&file)?;
     let dev = mount_lower(loop_dev.path(), fstype, flags, target)
         .with_context(|| format!("image file {path}"))?;
@@ -775,6 +782,7 @@ fn mount_persistent_upper(
             dev.display()
         );
     }
+    sys::modules::ensure_filesystem(detected.kernel_name());
     mount_fs(
         &dev.to_string_lossy(),
         target,

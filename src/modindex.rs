@@ -87,7 +87,7 @@ fn check_path(path: &str) -> Result<(), String> {
 }
 
 impl ModuleIndex {
-    fn position(&self, name: &str) -> Option<usize> {
+    pub fn position(&self, name: &str) -> Option<usize> {
         self.entries.iter().position(|entry| entry.name == name)
     }
 
@@ -135,6 +135,57 @@ impl ModuleIndex {
         depends: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), IndexError> {
         self.push_at_line(0, name, path, depends)
+    }
+
+    /// Positions of the named modules and everything they need, in index
+    /// (load) order. Unknown names are ignored: they may be built in.
+    pub fn closure(&self, names: &[&str]) -> Vec<usize> {
+        let mut wanted = vec![false; self.entries.len()];
+        let mut stack: Vec<usize> = names.iter().filter_map(|n| self.position(n)).collect();
+        while let Some(position) = stack.pop() {
+            if !std::mem::replace(&mut wanted[position], true) {
+                stack.extend(&self.entries[position].depends);
+            }
+        }
+        (0..self.entries.len()).filter(|&p| wanted[p]).collect()
+    }
+
+    /// The modules to load at once, in load order: every module that nothing
+    /// else needs (the ones asked for), except the `on_demand` ones, with all
+    /// they need. A module only an on-demand one needs waits with it.
+    pub fn eager(&self, on_demand: &[&str]) -> Vec<usize> {
+        let mut needed = vec![false; self.entries.len()];
+        for entry in &self.entries {
+            for &d in &entry.depends {
+                needed[d] = true;
+            }
+        }
+        let roots: Vec<&str> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(p, e)| !needed[*p] && !on_demand.contains(&e.name.as_str()))
+            .map(|(_, e)| e.name.as_str())
+            .collect();
+        self.closure(&roots)
+    }
+
+    /// The index restricted to `positions` (ascending), dependencies renumbered;
+    /// a dependency outside the subset is dropped (it is loaded already).
+    pub fn subset(&self, positions: &[usize]) -> ModuleIndex {
+        let renumber = |old: usize| positions.iter().position(|&p| p == old);
+        let entries = positions
+            .iter()
+            .map(|&p| {
+                let entry = &self.entries[p];
+                IndexEntry {
+                    name: entry.name.clone(),
+                    path: entry.path.clone(),
+                    depends: entry.depends.iter().filter_map(|&d| renumber(d)).collect(),
+                }
+            })
+            .collect();
+        ModuleIndex { entries }
     }
 
     /// The file's text.
@@ -283,5 +334,29 @@ mod tests {
         assert!(index.push("a", "", []).is_err());
         assert!(index.push("a", "a.ko", ["later"]).is_err());
         assert!(index.entries.is_empty());
+    }
+
+    #[test]
+    fn closure_and_eager_sets() {
+        let mut index = ModuleIndex::default();
+        index.push("virtio_ring", "a.ko", []).unwrap();
+        index.push("virtio_blk", "b.ko", ["virtio_ring"]).unwrap();
+        index.push("libcrc32c", "c.ko", []).unwrap();
+        index.push("erofs", "d.ko", ["libcrc32c"]).unwrap();
+        index.push("squashfs", "e.ko", []).unwrap();
+        index.push("needs_crc", "f.ko", ["libcrc32c"]).unwrap();
+        assert_eq!(index.closure(&["erofs"]), vec![2, 3]);
+        assert_eq!(index.closure(&["virtio_blk", "nope"]), vec![0, 1]);
+        assert!(index.closure(&[]).is_empty());
+        // erofs and squashfs wait; libcrc32c loads now because needs_crc wants it.
+        assert_eq!(index.eager(&["erofs", "squashfs"]), vec![0, 1, 2, 5]);
+        assert_eq!(index.eager(&[]), vec![0, 1, 2, 3, 4, 5]);
+        // Without needs_crc, libcrc32c waits for erofs.
+        assert_eq!(index.eager(&["erofs", "squashfs", "needs_crc"]), vec![0, 1]);
+        let sub = index.subset(&[2, 3]);
+        assert_eq!(sub.entries[0].name, "libcrc32c");
+        assert_eq!(sub.entries[1].depends, vec![0]);
+        let sub = index.subset(&[3]);
+        assert!(sub.entries[0].depends.is_empty());
     }
 }

@@ -90,6 +90,7 @@ pub fn mount_lower(
     rootflags: Option<&str>,
     target: &Path,
 ) -> Result<()> {
+    crate::sys::modules::ensure_filesystem(fstype.kernel_name());
     mount_fs(
         &dev.to_string_lossy(),
         target,
@@ -117,6 +118,7 @@ pub fn mount_tmpfs_upper(target: &Path, size: Option<TmpfsSize>) -> Result<()> {
 
 /// Mount a persistent upper read-write and check the kernel really made it writable.
 pub fn mount_device_upper(dev: &Path, fstype: FsType, target: &Path) -> Result<()> {
+    crate::sys::modules::ensure_filesystem(fstype.kernel_name());
     mount_fs(
         &dev.to_string_lossy(),
         target,
@@ -147,6 +149,7 @@ pub fn prepare_upper_dirs(upper_fs: &Path) -> Result<(PathBuf, PathBuf)> {
 /// silently mounts read-only when it cannot use `work/`.
 pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
     let data = overlay_options(lowers, upper, work)?;
+    crate::sys::modules::ensure_filesystem("overlay");
     mount_fs("overlay", target, "overlay", MountFlags::empty(), &data)?;
     check_writable(target).context("the overlay is not writable")
 }

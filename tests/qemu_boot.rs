@@ -23,6 +23,13 @@ fn boot_with(disks: Vec<Disk>, extra: &str, script: &str) -> BootResult {
 const SHOW_MOUNTS: &str =
     "while read dev mp fs rest; do case $mp in /|/rom|/overlay) echo MOUNT $mp $fs;; esac; done < /proc/mounts";
 
+/// Prints `MODULE <name>` for every loaded kernel module.
+const LIST_MODULES: &str = "while read name rest; do echo MODULE $name; done < /proc/modules";
+
+fn loaded_modules(result: &BootResult) -> Vec<&str> {
+    result.output_values("MODULE ")
+}
+
 #[test]
 fn squashfs_lower_tmpfs_upper_forgets_writes_at_reboot() {
     let a = artifacts();
@@ -30,7 +37,7 @@ fn squashfs_lower_tmpfs_upper_forgets_writes_at_reboot() {
         vec![Disk::ro(&a.root_sqsh)],
         "",
         &format!(
-            "{SHOW_MOUNTS}; echo written > /etc/new-file; echo CONTENT=$(cat /etc/new-file); test -d /rom/etc"
+            "{SHOW_MOUNTS}; echo written > /etc/new-file; echo CONTENT=$(cat /etc/new-file); test -d /rom/etc; {LIST_MODULES}"
         ),
     );
     assert_test_passed(&first);
@@ -38,6 +45,20 @@ fn squashfs_lower_tmpfs_upper_forgets_writes_at_reboot() {
     assert_output(&first, "MOUNT /rom squashfs");
     assert_output(&first, "MOUNT /overlay tmpfs");
     assert_output(&first, "CONTENT=written");
+    // Filesystem drivers load when a mount needs them: no erofs, no loop here.
+    let modules = loaded_modules(&first);
+    for needed in ["virtio_blk", "squashfs", "overlay"] {
+        assert!(
+            modules.contains(&needed),
+            "{needed} not loaded: {modules:?}"
+        );
+    }
+    for unused in ["erofs", "libcrc32c", "loop"] {
+        assert!(
+            !modules.contains(&unused),
+            "{unused} loaded for nothing: {modules:?}"
+        );
+    }
 
     let second = boot_with(
         vec![Disk::ro(&a.root_sqsh)],

@@ -175,7 +175,12 @@ fn run(index: &ModuleIndex, directory: &Path, workers: usize) -> Vec<Slot> {
 
 /// Loads every module `index_path` lists (paths relative to its directory).
 pub fn load_from_index(index_path: &Path, parallel: bool) -> Result<LoadReport> {
-    let started = Instant::now();
+    let (index, directory) = read_index(index_path)?;
+    let all: Vec<usize> = (0..index.entries.len()).collect();
+    Ok(load_positions(&index, &directory, &all, parallel))
+}
+
+fn read_index(index_path: &Path) -> Result<(ModuleIndex, PathBuf)> {
     let text = std::fs::read_to_string(index_path)
         .with_context(|| format!("reading module index {}", index_path.display()))?;
     let index = ModuleIndex::parse(&text)
@@ -183,6 +188,18 @@ pub fn load_from_index(index_path: &Path, parallel: bool) -> Result<LoadReport> 
     let directory = index_path
         .parent()
         .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+    Ok((index, directory))
+}
+
+/// Loads the modules at `positions` (ascending) of `index`.
+fn load_positions(
+    index: &ModuleIndex,
+    directory: &Path,
+    positions: &[usize],
+    parallel: bool,
+) -> LoadReport {
+    let started = Instant::now();
+    let index = index.subset(positions);
     let workers = if parallel {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         // Two at least: one module's load can wait on I/O while another's runs.
@@ -190,7 +207,7 @@ pub fn load_from_index(index_path: &Path, parallel: bool) -> Result<LoadReport> 
     } else {
         1
     };
-    let slots = run(&index, &directory, workers);
+    let slots = run(&index, directory, workers);
     let modules = index
         .entries
         .iter()
@@ -210,10 +227,82 @@ pub fn load_from_index(index_path: &Path, parallel: bool) -> Result<LoadReport> 
             }
         })
         .collect();
-    Ok(LoadReport {
+    LoadReport {
         modules,
         total: started.elapsed(),
+    }
+}
+
+/// PID 1's module loader: what the index lists, and what was tried already.
+struct Loader {
+    index: ModuleIndex,
+    directory: PathBuf,
+    parallel: bool,
+    tried: Vec<bool>,
+}
+
+static LOADER: Mutex<Option<Loader>> = Mutex::new(None);
+
+/// Load every module of the index at once except the `on_demand` ones (and
+/// what only they need); [`load_on_demand`] loads those when a mount needs
+/// them, so a boot loads no filesystem driver it does not use.
+pub fn load_eager(index_path: &Path, parallel: bool, on_demand: &[&str]) -> Result<LoadReport> {
+    let (index, directory) = read_index(index_path)?;
+    let eager = index.eager(on_demand);
+    let mut tried = vec![false; index.entries.len()];
+    for &p in &eager {
+        tried[p] = true;
+    }
+    let report = load_positions(&index, &directory, &eager, parallel);
+    *LOADER.lock().unwrap_or_else(|p| p.into_inner()) = Some(Loader {
+        index,
+        directory,
+        parallel,
+        tried,
+    });
+    Ok(report)
+}
+
+/// Load `name` and what it needs, if the index has it and it was not tried
+/// before. `None` when there was nothing to load.
+pub fn load_on_demand(name: &str) -> Option<LoadReport> {
+    let mut guard = LOADER.lock().unwrap_or_else(|p| p.into_inner());
+    let loader = guard.as_mut()?;
+    let wanted: Vec<usize> = loader
+        .index
+        .closure(&[name])
+        .into_iter()
+        .filter(|&p| !loader.tried[p])
+        .collect();
+    if wanted.is_empty() {
+        return None;
+    }
+    for &p in &wanted {
+        loader.tried[p] = true;
+    }
+    Some(load_positions(
+        &loader.index,
+        &loader.directory,
+        &wanted,
+        loader.parallel,
+    ))
+}
+
+/// Whether the kernel knows the filesystem type `fstype` (`/proc/filesystems`).
+pub fn kernel_has_filesystem(fstype: &str) -> bool {
+    std::fs::read_to_string("/proc/filesystems").is_ok_and(|text| {
+        text.lines()
+            .any(|line| line.split_whitespace().last() == Some(fstype))
     })
+}
+
+/// Make sure the kernel can mount `fstype`, loading its module if the index has it.
+pub fn ensure_filesystem(fstype: &str) {
+    if !kernel_has_filesystem(fstype) {
+        if let Some(report) = load_on_demand(fstype) {
+            log::debug!("loaded on demand for {fstype}: {report:?}");
+        }
+    }
 }
 
 #[cfg(test)]
