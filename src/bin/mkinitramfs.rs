@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 const USAGE: &str = "\
 usage: mkinitramfs [--init PATH] --modules DIR [--module NAME]... [--no-default-modules]
-                   [--file SRC:DEST]... -o OUT
+                   [--keep-compressed] [--file SRC:DEST]... -o OUT
 
   --init PATH             the init binary, installed as /init (default: the release build,
                           target/x86_64-unknown-linux-musl/release/overlay-init, else
@@ -18,6 +18,8 @@ usage: mkinitramfs [--init PATH] --modules DIR [--module NAME]... [--no-default-
   --modules DIR           a kernel module tree (.../lib/modules/VERSION)
   --module NAME           another module to include with its dependencies (repeatable)
   --no-default-modules    leave out the default set (virtio_pci virtio_blk squashfs erofs overlay loop)
+  --keep-compressed       store .ko.xz/.ko.zst/.ko.gz modules as they are, for a kernel with
+                          CONFIG_MODULE_DECOMPRESS (5.17+); by default they are stored decompressed
   --file SRC:DEST         put the file SRC at DEST in the initramfs, keeping its mode (repeatable)
   -o, --output OUT        where to write the gzip-compressed cpio
 ";
@@ -27,6 +29,7 @@ struct Options {
     modules: Option<PathBuf>,
     extra_modules: Vec<String>,
     default_modules: bool,
+    keep_compressed: bool,
     files: Vec<String>,
     output: Option<PathBuf>,
 }
@@ -37,6 +40,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options> {
         modules: None,
         extra_modules: Vec::new(),
         default_modules: true,
+        keep_compressed: false,
         files: Vec::new(),
         output: None,
     };
@@ -50,6 +54,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options> {
             "--modules" => options.modules = Some(value("--modules")?.into()),
             "--module" => options.extra_modules.push(value("--module")?),
             "--no-default-modules" => options.default_modules = false,
+            "--keep-compressed" => options.keep_compressed = true,
             "--file" => options.files.push(value("--file")?),
             "-o" | "--output" => options.output = Some(value("-o")?.into()),
             "-h" | "--help" => {
@@ -118,6 +123,7 @@ fn run() -> Result<()> {
         module_tree,
         module_names,
         files,
+        keep_compressed: options.keep_compressed,
     };
     let built = initramfs::build(&request)?;
     std::fs::write(&output, &built.gzip)
@@ -139,7 +145,7 @@ fn run() -> Result<()> {
             built.resolution.builtin.join(", ")
         );
     }
-    for warning in &built.resolution.warnings {
+    for warning in built.resolution.warnings.iter().chain(&built.warnings) {
         println!("warning: {warning}");
     }
     let module_total: u64 = built.module_sizes.iter().map(|(_, size)| size).sum();

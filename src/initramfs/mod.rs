@@ -4,6 +4,7 @@
 //! for the `mkinitramfs` binary.
 
 pub mod cpio;
+pub mod decompress;
 pub mod modinfo;
 pub mod resolve;
 pub mod tree;
@@ -11,7 +12,9 @@ pub mod tree;
 use crate::modindex::{ModuleIndex, INDEX_PATH};
 use anyhow::{bail, Context, Result};
 use cpio::{Archive, EntryKind};
+use decompress::Compression;
 use resolve::Resolution;
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -97,12 +100,17 @@ pub struct BuildRequest {
     pub module_names: Vec<String>,
     /// `(source, destination)` pairs.
     pub files: Vec<(PathBuf, String)>,
+    /// Store `.ko.xz`/`.ko.zst`/`.ko.gz` as they are, for a kernel that decompresses
+    /// modules itself; by default they are stored decompressed, as `.ko`.
+    pub keep_compressed: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct BuildOutput {
     pub resolution: Resolution,
-    /// `(name, bytes)` of each module in load order.
+    /// Non-fatal findings about the build (e.g. a kernel that cannot load what is kept compressed).
+    pub warnings: Vec<String>,
+    /// `(name, bytes as stored)` of each module in load order.
     pub module_sizes: Vec<(String, u64)>,
     pub init_size: u64,
     pub cpio_size: u64,
@@ -133,15 +141,25 @@ pub fn build(request: &BuildRequest) -> Result<BuildOutput> {
         .with_context(|| format!("resolving modules in {}", request.module_tree.display()))?;
     let mut modules = Vec::new();
     let mut module_sizes = Vec::new();
+    let mut kept_compressed = BTreeSet::new();
     for module in &resolution.modules {
-        let data = read(&module.path, "module")?;
-        module_sizes.push((module.name.clone(), data.len() as u64));
-        let file_name = module
+        let source_name = module
             .path
             .file_name()
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
+        let compression = Compression::of_file_name(&source_name);
+        let (file_name, data) = if request.keep_compressed || compression == Compression::None {
+            if compression != Compression::None {
+                kept_compressed.insert(compression);
+            }
+            (source_name, read(&module.path, "module")?)
+        } else {
+            let name = decompress::uncompressed_file_name(&source_name).to_string();
+            (name, tree::read_module(&module.path)?)
+        };
+        module_sizes.push((module.name.clone(), data.len() as u64));
         modules.push(ModuleBlob {
             name: module.name.clone(),
             file_name,
@@ -164,14 +182,111 @@ pub fn build(request: &BuildRequest) -> Result<BuildOutput> {
             permissions: metadata.permissions().mode() & 0o7777,
         });
     }
+    let mut warnings = Vec::new();
+    if !kept_compressed.is_empty() {
+        warnings.extend(kernel_support_warnings(
+            &request.module_tree,
+            &kept_compressed,
+        ));
+    }
     let cpio = assemble(init, modules, files)?.to_newc();
     Ok(BuildOutput {
         resolution,
+        warnings,
         module_sizes,
         init_size,
         cpio_size: cpio.len() as u64,
         gzip: gzip(&cpio),
     })
+}
+
+/// Where a module tree's kernel config may be, most specific first: `TREE/config`
+/// (Fedora), `ROOT/boot/config-VERSION` for `ROOT/lib/modules/VERSION` or
+/// `ROOT/usr/lib/modules/VERSION`, and `/proc/config.gz` when the tree is the running
+/// kernel's.
+fn kernel_config_candidates(module_tree: &Path) -> Vec<PathBuf> {
+    let mut candidates = vec![module_tree.join("config")];
+    let Some(version) = module_tree
+        .file_name()
+        .map(|v| v.to_string_lossy().into_owned())
+    else {
+        return candidates;
+    };
+    let config_name = format!("config-{version}");
+    // TREE = ROOT/lib/modules/VERSION: three levels up is ROOT (or ROOT/usr).
+    if let Some(root) = module_tree.ancestors().nth(3) {
+        candidates.push(root.join("boot").join(&config_name));
+        if root.file_name().is_some_and(|name| name == "usr") {
+            if let Some(above_usr) = root.parent() {
+                candidates.push(above_usr.join("boot").join(&config_name));
+            }
+        }
+    }
+    let running = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if running.trim() == version {
+        candidates.push(PathBuf::from("/proc/config.gz"));
+    }
+    candidates
+}
+
+/// The first kernel config found for the tree: `(path, text)`.
+fn find_kernel_config(module_tree: &Path) -> Option<(PathBuf, String)> {
+    kernel_config_candidates(module_tree)
+        .into_iter()
+        .find_map(|path| {
+            let bytes = std::fs::read(&path).ok()?;
+            let bytes = if path.extension().is_some_and(|ext| ext == "gz") {
+                decompress::decompress(Compression::Gzip, &bytes).ok()?
+            } else {
+                bytes
+            };
+            Some((path, String::from_utf8_lossy(&bytes).into_owned()))
+        })
+}
+
+/// What a kernel config lacks to load modules compressed as `kinds`: module
+/// decompression, and the one format the kernel was built to decompress.
+pub fn missing_decompression_options(config: &str, kinds: &BTreeSet<Compression>) -> Vec<String> {
+    let enabled = |option: &str| {
+        config
+            .lines()
+            .any(|line| line.trim() == format!("{option}=y"))
+    };
+    std::iter::once("CONFIG_MODULE_DECOMPRESS")
+        .chain(kinds.iter().filter_map(|kind| kind.kernel_config_option()))
+        .filter(|option| !enabled(option))
+        .map(|option| format!("{option}=y"))
+        .collect()
+}
+
+/// Warnings for `--keep-compressed`: the tree's kernel cannot decompress what is kept,
+/// or its config was not found to check.
+fn kernel_support_warnings(module_tree: &Path, kinds: &BTreeSet<Compression>) -> Vec<String> {
+    match find_kernel_config(module_tree) {
+        Some((path, config)) => {
+            let missing = missing_decompression_options(&config, kinds);
+            if missing.is_empty() {
+                Vec::new()
+            } else {
+                vec![format!(
+                    "--keep-compressed: the kernel config {} lacks {}; that kernel cannot load \
+                     the compressed modules (build without --keep-compressed to store them decompressed)",
+                    path.display(),
+                    missing.join(" and ")
+                )]
+            }
+        }
+        None => vec![format!(
+            "--keep-compressed: no kernel config found for {} (looked for {}); the kernel must have \
+             CONFIG_MODULE_DECOMPRESS=y and the matching CONFIG_MODULE_COMPRESS_* to load the compressed modules",
+            module_tree.display(),
+            kernel_config_candidates(module_tree)
+                .iter()
+                .map(|path| path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )],
+    }
 }
 
 #[cfg(test)]

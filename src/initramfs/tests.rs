@@ -139,6 +139,7 @@ fn build_is_byte_identical_and_holds_what_it_should() {
             tree.join("modules.builtin"),
             "/etc/builtin-list".to_string(),
         )],
+        keep_compressed: false,
     };
     let first = build(&request).unwrap();
     let second = build(&request).unwrap();
@@ -218,4 +219,334 @@ fn file_specs_are_checked() {
     for bad in ["nocolon", ":/x", "/src:relative", "/src:/"] {
         assert!(parse_file_spec(bad).is_err(), "{bad}");
     }
+}
+
+// ---- compressed module trees, made at test time from real modules ----
+
+/// A directory removed when the test ends, pass or fail.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "overlay-init-initramfs-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A compressor command line, run on a copied `.ko` (which it replaces by `.ko.SUFFIX`).
+type Compressor = &'static [&'static str];
+const XZ: Compressor = &["xz", "-q"]; // xz's own default: CRC64 check
+const XZ_LIKE_KBUILD: Compressor = &["xz", "-q", "--check=crc32", "--lzma2=dict=1MiB"];
+const ZSTD: Compressor = &["zstd", "-q", "--rm"];
+const ZSTD_19_NO_CHECKSUM: Compressor = &["zstd", "-q", "--rm", "-19", "--no-check"];
+const GZIP: Compressor = &["gzip", "-n"];
+
+/// `ROOT/lib/modules/VERSION` holding the real default-set modules (plus the
+/// `modules.builtin*` lists), each compressed by `compressor_for(module name)`.
+struct CompressedTree {
+    dir: TempDir,
+    version: &'static str,
+    /// Module name -> `(original .ko path, path of the compressed copy)`.
+    files: BTreeMap<String, (PathBuf, PathBuf)>,
+}
+
+use std::collections::BTreeMap;
+
+impl CompressedTree {
+    fn new(tag: &str, compressor_for: impl Fn(&str) -> Compressor) -> CompressedTree {
+        let real = real_tree();
+        let dir = TempDir::new(tag);
+        let version = "6.1.0-test";
+        let tree = dir.0.join("lib/modules").join(version);
+        std::fs::create_dir_all(&tree).unwrap();
+        for list in ["modules.builtin", "modules.builtin.modinfo"] {
+            std::fs::copy(real.join(list), tree.join(list)).unwrap();
+        }
+        let resolution = resolve(&mut FsModuleTree::open(&real).unwrap(), &defaults()).unwrap();
+        let mut files = BTreeMap::new();
+        for module in &resolution.modules {
+            let relative = module.path.strip_prefix(&real).unwrap();
+            let copy = tree.join(relative);
+            std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+            std::fs::copy(&module.path, &copy).unwrap();
+            let compressor = compressor_for(&module.name);
+            let status = std::process::Command::new(compressor[0])
+                .args(&compressor[1..])
+                .arg(&copy)
+                .status()
+                .unwrap_or_else(|e| panic!("running {}: {e}", compressor[0]));
+            assert!(status.success(), "{compressor:?} {}", copy.display());
+            let suffix = match compressor[0] {
+                "xz" => "xz",
+                "zstd" => "zst",
+                _ => "gz",
+            };
+            let compressed = copy.with_extension(format!("ko.{suffix}"));
+            assert!(
+                compressed.is_file() && !copy.exists(),
+                "{}",
+                compressed.display()
+            );
+            files.insert(module.name.clone(), (module.path.clone(), compressed));
+        }
+        CompressedTree {
+            dir,
+            version,
+            files,
+        }
+    }
+
+    fn tree(&self) -> PathBuf {
+        self.dir.0.join("lib/modules").join(self.version)
+    }
+
+    fn request(&self, keep_compressed: bool) -> BuildRequest {
+        BuildRequest {
+            init: real_tree().join("modules.order"),
+            module_tree: self.tree(),
+            module_names: defaults(),
+            files: Vec::new(),
+            keep_compressed,
+        }
+    }
+
+    /// Writes `ROOT/boot/config-VERSION`, where the builder looks for the kernel config.
+    fn write_kernel_config(&self, text: &str) -> PathBuf {
+        let path = self
+            .dir
+            .0
+            .join("boot")
+            .join(format!("config-{}", self.version));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// Resolution as names and dependency lists (paths differ between trees by design).
+fn shape(resolution: &Resolution) -> Vec<(String, Vec<String>)> {
+    resolution
+        .modules
+        .iter()
+        .map(|m| (m.name.clone(), m.depends.clone()))
+        .collect()
+}
+
+#[test]
+fn compressed_trees_resolve_exactly_like_the_uncompressed_one() {
+    let expected = resolve(&mut FsModuleTree::open(&real_tree()).unwrap(), &defaults()).unwrap();
+    for compressor in [XZ, XZ_LIKE_KBUILD, ZSTD, ZSTD_19_NO_CHECKSUM, GZIP] {
+        let compressed = CompressedTree::new("resolve", |_| compressor);
+        let mut tree = FsModuleTree::open(&compressed.tree()).unwrap();
+        let resolution =
+            resolve(&mut tree, &defaults()).unwrap_or_else(|e| panic!("{compressor:?}: {e:#}"));
+        assert_eq!(shape(&resolution), shape(&expected), "{compressor:?}");
+        assert_eq!(resolution.builtin, expected.builtin, "{compressor:?}");
+        for module in &resolution.modules {
+            assert_eq!(
+                module.path, compressed.files[&module.name].1,
+                "{compressor:?}"
+            );
+        }
+    }
+}
+
+/// A tree mixing every format: virtio_* as xz, filesystems as zstd, the rest gzip.
+fn mixed_tree(tag: &str) -> CompressedTree {
+    CompressedTree::new(tag, |name| {
+        if name.starts_with("virtio") {
+            XZ_LIKE_KBUILD
+        } else if ["squashfs", "erofs", "overlay"].contains(&name) {
+            ZSTD
+        } else {
+            GZIP
+        }
+    })
+}
+
+fn parse_index(entries: &[cpio::ParsedEntry]) -> ModuleIndex {
+    let index = entries
+        .iter()
+        .find(|e| e.path == "lib/modules/overlay-init.index")
+        .expect("index in the archive");
+    ModuleIndex::parse(std::str::from_utf8(&index.data).unwrap()).unwrap()
+}
+
+#[test]
+fn default_build_stores_compressed_modules_decompressed_and_deterministically() {
+    let compressed = mixed_tree("default");
+    let first = build(&compressed.request(false)).unwrap();
+    assert_eq!(
+        first.gzip,
+        build(&compressed.request(false)).unwrap().gzip,
+        "two builds from the same inputs differ"
+    );
+    assert!(first.warnings.is_empty(), "{:?}", first.warnings);
+    let entries = cpio::parse_newc(&gunzip(&first.gzip)).unwrap();
+    let index = parse_index(&entries);
+    assert_eq!(index.entries.len(), compressed.files.len());
+    for module in &index.entries {
+        assert_eq!(module.path, format!("{}.ko", module.name), "{module:?}");
+        assert!(!module.is_compressed());
+        let stored = entries
+            .iter()
+            .find(|e| e.path == format!("lib/modules/{}", module.path))
+            .unwrap_or_else(|| panic!("{} missing", module.path));
+        let original = std::fs::read(&compressed.files[&module.name].0).unwrap();
+        assert!(
+            stored.data == original,
+            "{} differs from the original .ko",
+            module.path
+        );
+    }
+    assert!(
+        !entries.iter().any(|e| e.path.ends_with(".xz")
+            || e.path.ends_with(".zst")
+            || e.path.ends_with(".gz")),
+        "a compressed file was stored"
+    );
+}
+
+#[test]
+fn keep_compressed_stores_the_files_as_they_are_and_the_index_marks_them() {
+    let compressed = mixed_tree("keep");
+    let built = build(&compressed.request(true)).unwrap();
+    let entries = cpio::parse_newc(&gunzip(&built.gzip)).unwrap();
+    let index = parse_index(&entries);
+    assert_eq!(index.entries.len(), compressed.files.len());
+    for module in &index.entries {
+        let source = &compressed.files[&module.name].1;
+        let file_name = source.file_name().unwrap().to_string_lossy();
+        assert_eq!(module.path, file_name, "{module:?}");
+        assert!(module.is_compressed(), "{module:?}");
+        let stored = entries
+            .iter()
+            .find(|e| e.path == format!("lib/modules/{file_name}"))
+            .unwrap_or_else(|| panic!("{file_name} missing"));
+        assert!(
+            stored.data == std::fs::read(source).unwrap(),
+            "{file_name} was changed"
+        );
+    }
+    // No kernel config next to the tree: say what the kernel needs.
+    assert_eq!(built.warnings.len(), 1, "{:?}", built.warnings);
+    assert!(
+        built.warnings[0].contains("no kernel config found")
+            && built.warnings[0].contains("CONFIG_MODULE_DECOMPRESS=y"),
+        "{:?}",
+        built.warnings
+    );
+}
+
+#[test]
+fn keep_compressed_checks_the_kernel_config_next_to_the_tree() {
+    let compressed = CompressedTree::new("config", |_| ZSTD);
+    // Debian's own config: no module decompression at all.
+    let debian_config = std::fs::read_dir(real_tree().join("../../../boot"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| {
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("config-")
+        })
+        .expect("the Debian kernel's boot/config-VERSION");
+    let config_path =
+        compressed.write_kernel_config(&std::fs::read_to_string(debian_config).unwrap());
+    let warnings = build(&compressed.request(true)).unwrap().warnings;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(&config_path.display().to_string())
+            && warnings[0].contains("CONFIG_MODULE_DECOMPRESS=y and CONFIG_MODULE_COMPRESS_ZSTD=y"),
+        "{warnings:?}"
+    );
+    // A kernel that decompresses xz only cannot load .ko.zst.
+    compressed.write_kernel_config("CONFIG_MODULE_DECOMPRESS=y\nCONFIG_MODULE_COMPRESS_XZ=y\n");
+    let warnings = build(&compressed.request(true)).unwrap().warnings;
+    assert!(
+        warnings.len() == 1
+            && warnings[0].contains("CONFIG_MODULE_COMPRESS_ZSTD=y")
+            && !warnings[0].contains("CONFIG_MODULE_DECOMPRESS=y"),
+        "{warnings:?}"
+    );
+    compressed.write_kernel_config("CONFIG_MODULE_DECOMPRESS=y\nCONFIG_MODULE_COMPRESS_ZSTD=y\n");
+    let warnings = build(&compressed.request(true)).unwrap().warnings;
+    assert!(warnings.is_empty(), "{warnings:?}");
+    // The default build decompresses, so whatever the kernel config says there is nothing to warn about.
+    compressed.write_kernel_config("# CONFIG_MODULE_DECOMPRESS is not set\n");
+    assert!(build(&compressed.request(false))
+        .unwrap()
+        .warnings
+        .is_empty());
+}
+
+#[test]
+fn missing_decompression_options_lists_what_the_config_lacks() {
+    let kinds: BTreeSet<Compression> = [Compression::Xz, Compression::Gzip].into();
+    assert_eq!(
+        missing_decompression_options("# CONFIG_MODULE_DECOMPRESS is not set\n", &kinds),
+        [
+            "CONFIG_MODULE_DECOMPRESS=y",
+            "CONFIG_MODULE_COMPRESS_GZIP=y",
+            "CONFIG_MODULE_COMPRESS_XZ=y"
+        ]
+    );
+    assert_eq!(
+        missing_decompression_options(
+            "CONFIG_MODULE_DECOMPRESS=y\nCONFIG_MODULE_COMPRESS_XZ=y\n",
+            &kinds
+        ),
+        ["CONFIG_MODULE_COMPRESS_GZIP=y"]
+    );
+}
+
+#[test]
+fn corrupt_or_truncated_compressed_module_is_an_error_naming_the_file() {
+    let compressed = CompressedTree::new(
+        "corrupt",
+        |name| if name == "virtio_blk" { XZ } else { ZSTD },
+    );
+    let broken = &compressed.files["virtio_blk"].1;
+    let good = std::fs::read(broken).unwrap();
+    let truncated = &good[..good.len() / 2];
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x55;
+    for (what, bytes, expected) in [
+        ("truncated", truncated, "truncated"),
+        ("corrupt", flipped.as_slice(), "corrupt"),
+    ] {
+        std::fs::write(broken, bytes).unwrap();
+        let mut tree = FsModuleTree::open(&compressed.tree()).unwrap();
+        let error = format!("{:#}", resolve(&mut tree, &defaults()).unwrap_err());
+        assert!(
+            error.contains(&broken.display().to_string()) && error.contains(expected),
+            "{what}: {error}"
+        );
+    }
+    // A truncated zstd module too.
+    std::fs::write(broken, &good).unwrap();
+    let overlay = &compressed.files["overlay"].1;
+    let zstd = std::fs::read(overlay).unwrap();
+    std::fs::write(overlay, &zstd[..zstd.len() - 100]).unwrap();
+    let error = format!("{:#}", build(&compressed.request(false)).unwrap_err());
+    assert!(
+        error.contains(&overlay.display().to_string()) && error.contains("truncated"),
+        "{error}"
+    );
 }

@@ -2,9 +2,10 @@
 //!
 //! Host-side reading for the builder; the resolver itself stays pure.
 
+use super::decompress::{decompress, Compression};
 use super::modinfo::{normalize_module_name, read_modinfo};
 use super::resolve::{AliasProviders, Lookup, ModuleCatalog, ModuleFile};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -107,18 +108,22 @@ impl FsModuleTree {
 
     fn read_file_modinfo(&self, relative: &Path) -> Result<super::modinfo::ModInfo> {
         let path = self.root.join(relative);
-        let file_name = relative.to_string_lossy();
-        if !file_name.ends_with(".ko") {
-            bail!(
-                "{}: compressed module; the builder reads dependencies only from uncompressed .ko files \
-                 (decompress the tree first, e.g. `find DIR -name '*.ko.xz' -exec xz -d {{}} +`)",
-                path.display()
-            );
-        }
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("reading module {}", path.display()))?;
-        read_modinfo(&bytes).with_context(|| format!("reading .modinfo of {}", path.display()))
+        let elf = read_module(&path)?;
+        read_modinfo(&elf).with_context(|| format!("reading .modinfo of {}", path.display()))
     }
+}
+
+/// A module file's ELF bytes, decompressed when its name says it is compressed.
+pub fn read_module(path: &Path) -> Result<Vec<u8>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading module {}", path.display()))?;
+    let compression =
+        Compression::of_file_name(&path.file_name().unwrap_or_default().to_string_lossy());
+    if compression == Compression::None {
+        return Ok(bytes);
+    }
+    decompress(compression, &bytes)
+        .with_context(|| format!("decompressing module {}", path.display()))
 }
 
 impl ModuleCatalog for FsModuleTree {
@@ -144,7 +149,7 @@ impl ModuleCatalog for FsModuleTree {
         if self.aliases.is_none() {
             let mut aliases: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for (name, relative) in &self.files {
-                // Compressed modules cannot be read here; a soft dependency can do without them.
+                // An unreadable module cannot provide a soft dependency, which can do without it.
                 let Ok(info) = self.read_file_modinfo(relative) else {
                     continue;
                 };
