@@ -184,3 +184,59 @@ fn real_init_is_pid1_with_args_and_the_initramfs_is_freed() {
     );
     assert!(line.contains(", 2 kept"), "{line}");
 }
+
+/// A module tree whose modules are all `.ko.zst` (as Arch, Fedora or Ubuntu ship them): the
+/// builder reads their dependencies and by default stores them decompressed, so Debian's
+/// kernel, which cannot decompress modules itself, boots just as with the plain tree.
+#[test]
+fn zstd_compressed_module_tree_boots_like_the_plain_one() {
+    use overlay_init::initramfs::resolve::{resolve, DEFAULT_MODULES};
+    use overlay_init::initramfs::tree::FsModuleTree;
+    use std::fs;
+    use std::process::Command;
+
+    let a = artifacts();
+    let scratch = Scratch::new("boot-zstd-modules");
+    let plain = &a.kernel.modules;
+    let compressed = scratch.join("lib/modules").join(plain.file_name().unwrap());
+    fs::create_dir_all(&compressed).unwrap();
+    for list in ["modules.builtin", "modules.builtin.modinfo"] {
+        fs::copy(plain.join(list), compressed.join(list)).unwrap();
+    }
+    let wanted: Vec<String> = DEFAULT_MODULES.iter().map(|m| m.to_string()).collect();
+    let resolution = resolve(&mut FsModuleTree::open(plain).unwrap(), &wanted).unwrap();
+    for module in &resolution.modules {
+        let copy = compressed.join(module.path.strip_prefix(plain).unwrap());
+        fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        fs::copy(&module.path, &copy).unwrap();
+        run(Command::new("zstd").args(["-q", "--rm"]).arg(&copy));
+    }
+    let initramfs = scratch.join("initramfs.cpio.gz");
+    run(Command::new(repo_dir().join("initramfs/build"))
+        .arg("--init")
+        .arg(&a.init)
+        .arg("--modules")
+        .arg(&compressed)
+        .arg("-o")
+        .arg(&initramfs));
+
+    let result = boot(&BootSpec {
+        append: format!(
+            "root=/dev/vda {}",
+            test_init_args(&format!("{SHOW_MOUNTS}; {LIST_MODULES}"))
+        ),
+        disks: vec![Disk::ro(&a.root_erofs)],
+        initrd: Initrd::Path(initramfs),
+        ..Default::default()
+    });
+    assert_test_passed(&result);
+    assert_output(&result, "MOUNT / overlay");
+    assert_output(&result, "MOUNT /rom erofs");
+    let modules = loaded_modules(&result);
+    for needed in ["virtio_blk", "erofs", "libcrc32c", "overlay"] {
+        assert!(
+            modules.contains(&needed),
+            "{needed} not loaded: {modules:?}"
+        );
+    }
+}
