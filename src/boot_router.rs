@@ -1,6 +1,6 @@
 //! PID 1 in router mode: the kernel mounted the root itself (`root=... init=/sbin/overlay-init`,
 //! no initramfs), so `/` is the lower. The upper, reset, failsafe and fallbacks are the
-//! initramfs mode's own ([`boot::assemble_upper_and_overlay`]); what differs is around them:
+//! initramfs mode's own ([`upper::assemble_upper_and_overlay`]); what differs is around them:
 //!
 //! - the API filesystems are mounted only where the read-only root has a directory for them
 //!   (OpenWrt images have no `/run`);
@@ -17,10 +17,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::boot::{self, StepError, Timeline, UpperKind};
+use crate::boot;
 use crate::cmdline::{Config, LowerSpec, UpperSpec};
+use crate::lower;
 use crate::router::{self, RootMount};
 use crate::sys;
+use crate::timeline::{StepError, Timeline};
+use crate::upper::{self, UpperKind};
 
 /// The API mounts router mode moves into the overlay, in an order that keeps
 /// `/proc` (which `is_mountpoint` reads) for last.
@@ -97,7 +100,7 @@ pub fn run_router_pid1() -> ! {
         Ok(done) => done,
         Err(e) => crate::fail::fatal(e.step, &e.error, config.onfail),
     };
-    boot::record_boot(&config, &staging, &upper);
+    upper::record_boot(&config, &staging, &upper);
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     if let Err(e) = timeline.step("pivot root", || {
         router::pivot_into_overlay(&staging, MOVED_API_MOUNTS)
@@ -107,7 +110,7 @@ pub fn run_router_pid1() -> ! {
     let _ = sys::switch::reopen_console();
     crate::logger::attach_kmsg();
     boot::log_handover(&init, started, &timeline, "router mode");
-    boot::start_trash_cleanup(&upper);
+    upper::start_trash_cleanup(&upper);
     sys::kmsg::restore_ratelimit(kmsg_ratelimit);
     let error = sys::switch::exec_init(&init, &args);
     crate::fail::fatal("exec init", &error, config.onfail)
@@ -161,18 +164,18 @@ fn assemble_router(
             match spec {
                 LowerSpec::Device(_) => {
                     let dev = device_iter.next().context("internal: lower device count")?;
-                    boot::mount_lower(dev, None, None, &target)?;
+                    lower::mount_lower(dev, None, None, &target)?;
                 }
                 // Files named in ovl.lower= live on the root= filesystem, which is `/`.
                 LowerSpec::File(path) => {
-                    boot::mount_image(Path::new("/"), path, None, None, &target)?;
+                    lower::mount_image(Path::new("/"), path, None, None, &target)?;
                 }
             }
             extra.push(target);
         }
         Ok(())
     })?;
-    let upper = boot::assemble_upper_and_overlay(
+    let upper = upper::assemble_upper_and_overlay(
         config,
         &staging,
         &router::lowers(&extra),
@@ -191,7 +194,7 @@ fn assemble_router(
 /// Wait for the `ovl.lower=` devices (fatal when missing) and the upper device
 /// (a missing one boots on tmpfs, as in initramfs mode). `root=` is mounted.
 fn find_router_devices(config: &Config) -> Result<RouterDevices> {
-    let lowers = boot::lower_device_specs(config);
+    let lowers = lower::lower_device_specs(config);
     let upper = match &config.upper {
         UpperSpec::Device(d) => Some(d),
         UpperSpec::Tmpfs => None,
@@ -199,7 +202,7 @@ fn find_router_devices(config: &Config) -> Result<RouterDevices> {
     if lowers.is_empty() && upper.is_none() {
         return Ok(RouterDevices::default());
     }
-    let (lowers, upper) = boot::wait_for_devices(config, &lowers, upper)?;
+    let (lowers, upper) = lower::wait_for_devices(config, &lowers, upper)?;
     Ok(RouterDevices { upper, lowers })
 }
 

@@ -43,6 +43,12 @@ pub fn boxed(title: &str, lines: &[String]) -> String {
     out
 }
 
+/// A warning that must not be missed: boxed on the console and logged.
+pub fn warn_box(title: &str, lines: &[String]) {
+    log::warn!("{title}: {}", lines.join("; "));
+    eprint!("{}", boxed(&format!("WARNING: {title}"), lines));
+}
+
 /// The failing step and every cause in the chain, one per line.
 pub fn describe(step: &str, err: &anyhow::Error) -> Vec<String> {
     let mut lines = vec![format!("step: {step}")];

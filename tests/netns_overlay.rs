@@ -49,11 +49,11 @@ fn squashfs_lower_ext4_upper_moves_rom_and_overlay() {
         let staging = Staging::new(dir.join("staging"), dir.join("keep"));
 
         assert_eq!(
-            overlay_init::boot::detect_fstype(&lower.dev).unwrap(),
+            overlay_init::lower::detect_fstype(&lower.dev).unwrap(),
             FsType::Squashfs
         );
         assert_eq!(
-            overlay_init::boot::detect_fstype(&upper.dev).unwrap(),
+            overlay_init::lower::detect_fstype(&upper.dev).unwrap(),
             FsType::Ext4
         );
         overlay::mount_lower(&lower.dev, FsType::Squashfs, None, &staging.rom()).unwrap();
@@ -103,7 +103,7 @@ fn ext4_lower_tmpfs_upper() {
             .write_to(&lower_img);
         let lower = Loop::attach(&lower_img, true);
         let staging = Staging::new(dir.join("staging"), dir.join("keep"));
-        let fstype = overlay_init::boot::detect_fstype(&lower.dev).unwrap();
+        let fstype = overlay_init::lower::detect_fstype(&lower.dev).unwrap();
         assert_eq!(fstype, FsType::Ext4);
         overlay::mount_lower(&lower.dev, fstype, Some("noload"), &staging.rom()).unwrap();
         overlay::mount_tmpfs_upper(
