@@ -19,8 +19,12 @@ use crate::sys::mount::{ensure_dir, mount_fs, move_mount};
 use crate::timeline::{StepError, Timeline};
 use crate::upper::{assemble_upper_and_overlay, record_boot, start_trash_cleanup, UpperKind};
 
-/// Where the new root is assembled inside the initramfs.
-pub const STAGING_DIR: &str = "/.ovl";
+/// Where the layers are assembled inside the initramfs: the lower at `/rom`,
+/// the upper's filesystem at `/overlay`, the overlay at `/sysroot`. Those are
+/// the paths the new root sees too, so the overlay's options in
+/// `/proc/mounts` (`lowerdir=/rom,upperdir=/overlay/upper,...`) stay true after
+/// the switch.
+pub const STAGING_DIR: &str = "/";
 
 /// Mounts that stay visible in the new system (extra lowers, an image's host).
 pub const KEEP_DIR: &str = "/run/overlay-init";

@@ -47,7 +47,7 @@ impl Staging {
     }
     /// The overlay mount: the new root.
     pub fn root(&self) -> PathBuf {
-        self.dir.join("root")
+        self.dir.join("sysroot")
     }
 }
 
@@ -179,12 +179,12 @@ mod tests {
 
     #[test]
     fn overlay_options_put_the_main_lower_on_top() {
-        let s = Staging::new("/.ovl", "/run/overlay-init");
+        let s = Staging::new("/", "/run/overlay-init");
         let (u, w) = upper_dirs(&s.upper_fs());
         let opts = overlay_options(&[s.rom(), s.extra_lower(0), s.extra_lower(1)], &u, &w).unwrap();
         assert_eq!(
             opts,
-            "lowerdir=/.ovl/rom:/run/overlay-init/lower0:/run/overlay-init/lower1,upperdir=/.ovl/overlay/upper,workdir=/.ovl/overlay/work"
+            "lowerdir=/rom:/run/overlay-init/lower0:/run/overlay-init/lower1,upperdir=/overlay/upper,workdir=/overlay/work"
         );
     }
 
