@@ -1,6 +1,7 @@
 //! Shared helpers for the QEMU boot tests and the image-based tests (`mod common;`).
 //!
-//! - [`kernel`] and [`artifacts`]: build or fetch what a boot needs, once per test process.
+//! - [`kernel`] and [`artifacts`]: build or fetch what a boot needs, once per test process;
+//!   [`router_kernel`]: the small kernel with virtio_blk and squashfs built in.
 //! - [`boot`]: one headless QEMU boot through `qemu/run`, bounded by a hard timeout, with the
 //!   serial console captured; [`assert_marker`] prints the whole console when a marker is missing.
 //! - [`Scratch`], [`fresh_copy`]: per-test temporary files, removed on drop.
@@ -88,6 +89,27 @@ fn parse_kernel_paths(stdout: &str) -> Result<Kernel, String> {
         _ => Err(format!(
             "expected the vmlinuz and module tree paths, got:\n{stdout}"
         )),
+    }
+}
+
+/// The small kernel of `qemu/build-router-kernel` (virtio_blk, squashfs, ext4, overlayfs,
+/// loop built in; no modules, no initramfs support): it mounts `root=/dev/vda1` itself.
+/// Built at most once per process (a cached build is reused across runs); a failed build
+/// panics, so the tests that boot it fail instead of skipping.
+pub fn router_kernel() -> &'static Path {
+    static ROUTER_KERNEL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let result = ROUTER_KERNEL.get_or_init(|| {
+        let output = run_tool(Command::new(repo_dir().join("qemu/build-router-kernel")))?;
+        let path = PathBuf::from(output.lines().last().unwrap_or_default().trim());
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("no bzImage at {path:?}; stdout:\n{output}"))
+        }
+    });
+    match result {
+        Ok(path) => path,
+        Err(message) => panic!("qemu/build-router-kernel failed:\n{message}"),
     }
 }
 
