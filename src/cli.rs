@@ -14,6 +14,8 @@ commands:
   status           show the upper, and whether a reset is pending
   reset            ask for a factory reset at the next boot
   reset --cancel   drop a pending reset request
+  reset --finish   wait until the old upper of an earlier reset is removed
+                   (it is removed in the background after the boot)
   mark-good        this boot worked: clear the boot-attempt counter
   help             this text
 
@@ -25,6 +27,7 @@ commands:
 pub enum Command {
     Status,
     Reset { cancel: bool },
+    FinishReset,
     MarkGood,
     Help,
 }
@@ -53,6 +56,7 @@ pub fn parse_args(args: &[String]) -> Result<Invocation, String> {
         ["status"] => Command::Status,
         ["reset"] => Command::Reset { cancel: false },
         ["reset", "--cancel"] | ["--cancel", "reset"] => Command::Reset { cancel: true },
+        ["reset", "--finish"] | ["--finish", "reset"] => Command::FinishReset,
         ["mark-good"] => Command::MarkGood,
         ["help"] | [] => Command::Help,
         _ => return Err(format!("unknown arguments: {}\n\n{USAGE}", args.join(" "))),
@@ -108,6 +112,24 @@ fn execute(inv: &Invocation) -> anyhow::Result<()> {
                 println!("no reset was pending");
             }
         }
+        Command::FinishReset => {
+            let report = crate::reset::finish_trash_removal(overlay)?;
+            for failure in &report.failures {
+                eprintln!("overlay-init: could not remove {failure}");
+            }
+            println!(
+                "old upper generations removed ({} entries{})",
+                report.removed,
+                if report.mount_points_left.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} mount points left", report.mount_points_left.len())
+                }
+            );
+            if !report.failures.is_empty() {
+                anyhow::bail!("{} entries could not be removed", report.failures.len());
+            }
+        }
         Command::MarkGood => {
             let cleared = crate::bootcount::clear(overlay)?;
             println!("boot marked good: boot-attempt counter cleared (was {cleared})");
@@ -161,6 +183,10 @@ mod tests {
         let inv = parse_args(&words("reset --overlay /mnt/x")).unwrap();
         assert_eq!(inv.command, Command::Reset { cancel: false });
         assert_eq!(inv.overlay, PathBuf::from("/mnt/x"));
+        assert_eq!(
+            parse_args(&words("reset --finish")).unwrap().command,
+            Command::FinishReset
+        );
         assert_eq!(
             parse_args(&words("mark-good")).unwrap().command,
             Command::MarkGood

@@ -385,6 +385,18 @@ pub fn remove_trash_now(upper_root: &Path) -> Result<WipeReport> {
     }
 }
 
+/// Finish removing the trash: wait for a background remover that holds it
+/// (its `flock`), then remove whatever is left, in this process. For
+/// `overlay-init reset --finish` (e.g. before imaging a disk).
+pub fn finish_trash_removal(upper_root: &Path) -> Result<WipeReport> {
+    let Some(trash) = open_trash_if_nonempty(upper_root)? else {
+        return Ok(WipeReport::default());
+    };
+    let label = trash_dir(upper_root);
+    wipe::lock_exclusive(trash.as_fd()).with_context(|| format!("lock {}", label.display()))?;
+    wipe::wipe_contents(trash.as_fd(), &label)
+}
+
 fn open_trash_if_nonempty(upper_root: &Path) -> Result<Option<OwnedFd>> {
     let root = wipe::open_dir(upper_root)?;
     let Some(state) = open_if_present(root.as_fd(), STATE_DIR)? else {

@@ -69,19 +69,21 @@ fn reset_from_the_kernel_command_line() {
         "reset: ovl.reset on the kernel command line asked for a factory reset",
     );
 
-    // Boot 3, without ovl.reset, keeps what it writes, and the trash is gone.
-    let third = boot_upper(&upper, "", "echo three > /root/three; sync");
-    assert_no_marker(&third, "asked for a factory reset");
-    let fourth = boot_upper(
+    // Boot 3, without ovl.reset, keeps what it writes; the old upper, removed
+    // in the background, is gone once `reset --finish` returns.
+    let third = boot_upper(
         &upper,
         "",
-        "echo GOT=$(cat /root/three); ls -A /overlay/.overlay-init/trash | sed 's/^/TRASH=/'",
+        "echo three > /root/three; /sbin/overlay-init reset --finish; \
+         ls -A /overlay/.overlay-init/trash | sed 's/^/TRASH=/'; sync",
     );
-    assert_output(&fourth, "GOT=three");
+    assert_no_marker(&third, "asked for a factory reset");
     assert!(
-        fourth.output_values("TRASH=").is_empty(),
-        "trash left after two boots\n{fourth:?}"
+        third.output_values("TRASH=").is_empty(),
+        "trash left after reset --finish\n{third:?}"
     );
+    let fourth = boot_upper(&upper, "", "echo GOT=$(cat /root/three)");
+    assert_output(&fourth, "GOT=three");
 }
 
 #[test]

@@ -557,6 +557,11 @@ pub fn is_volatile_fs(fd: BorrowedFd<'_>) -> Result<bool> {
     Ok(kind == TMPFS_MAGIC || kind == RAMFS_MAGIC)
 }
 
+/// Take an exclusive `flock`, waiting while another process holds it.
+pub fn lock_exclusive(fd: BorrowedFd<'_>) -> Result<()> {
+    rustix::fs::flock(fd, rustix::fs::FlockOperation::LockExclusive).context("flock")
+}
+
 /// Take an exclusive `flock` without waiting; `Ok(false)` when another
 /// process holds it. The lock lasts as long as the descriptor.
 pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> Result<bool> {
