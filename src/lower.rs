@@ -94,9 +94,11 @@ pub fn wait_for_devices(
         }
         return Ok((found.clone(), fast_upper.flatten()));
     }
-    let deadline = device_deadline(config).map(|d| Instant::now() + d);
     let mut waiter =
         sys::blockdev::DeviceWaiter::new().context("start watching for block devices")?;
+    // The clock starts once the devices already there are known, so the wait the
+    // error message reports is the whole of `ovl.timeout=`.
+    let deadline = device_deadline(config).map(|d| Instant::now() + d);
     let found = if required.is_empty() {
         Vec::new()
     } else {
