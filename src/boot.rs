@@ -178,6 +178,10 @@ pub fn load_modules(config: &Config) -> Result<()> {
         return Ok(());
     }
     let parallel = config.modules == cmdline::ModuleLoading::Parallel;
+    log::debug!(
+        "module loading: {}",
+        if parallel { "parallel" } else { "sequential" }
+    );
     let report = sys::modules::load_eager(index, parallel, ON_DEMAND_MODULES)?;
     for failed in report.failed() {
         log::warn!("module {}: {:?}", failed.name, failed.outcome);
