@@ -360,8 +360,9 @@ fn failsafe_by_key_on_the_serial_console() {
             test_init_args(FAILSAFE_SCRIPT)
         ),
         timeout: TIMEOUT,
+        // Type once the whole prompt is out, so the echo does not split it.
         triggers: vec![Trigger {
-            after: "press f and Enter for failsafe".into(),
+            after: "press f and Enter for failsafe (30 s)".into(),
             action: Action::Console(b"f\n".to_vec()),
         }],
         ..Default::default()
