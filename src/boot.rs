@@ -177,7 +177,7 @@ pub fn load_modules(config: &Config) -> Result<()> {
     if !index.exists() {
         return Ok(());
     }
-    let parallel = config.modules == cmdline::ModuleLoading::Parallel;
+    let parallel = config.modules.parallel_with(sys::modules::usable_cpus());
     log::debug!(
         "module loading: {}",
         if parallel { "parallel" } else { "sequential" }

@@ -61,11 +61,24 @@ impl TmpfsSize {
 /// How the initramfs's kernel modules are loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ModuleLoading {
-    /// One after another, in dependency order (measured fastest under QEMU).
+    /// Parallel with more than one CPU, else sequential (what measured fastest).
     #[default]
+    Auto,
+    /// One after another, in dependency order.
     Sequential,
     /// Independent modules on worker threads at once.
     Parallel,
+}
+
+impl ModuleLoading {
+    /// Whether to load in parallel on a machine with `cpus` usable CPUs.
+    pub fn parallel_with(self, cpus: u32) -> bool {
+        match self {
+            ModuleLoading::Auto => cpus > 1,
+            ModuleLoading::Sequential => false,
+            ModuleLoading::Parallel => true,
+        }
+    }
 }
 
 /// What happens when the boot cannot go on.
@@ -131,7 +144,7 @@ impl Default for Config {
             maxtries: DEFAULT_MAXTRIES,
             timeout: None,
             onfail: None,
-            modules: ModuleLoading::Sequential,
+            modules: ModuleLoading::Auto,
             debug: false,
             init_args: Vec::new(),
         }
@@ -467,13 +480,14 @@ fn apply_ovl(
             ),
         },
         "modules" => match value {
+            Some("auto") => config.modules = ModuleLoading::Auto,
             Some("sequential") => config.modules = ModuleLoading::Sequential,
             Some("parallel") => config.modules = ModuleLoading::Parallel,
             _ => problem(
                 problems,
                 raw,
                 false,
-                "accepted: sequential, parallel; using the default (sequential)".into(),
+                "accepted: auto, sequential, parallel; using the default (auto: parallel with more than one CPU)".into(),
             ),
         },
         "init" => match value {
@@ -736,6 +750,10 @@ mod tests {
         assert_eq!(c.ovl_init.as_deref(), Some("/sbin/procd"));
         assert!(ok("ovl.failsafe").failsafe);
         assert_eq!(ok("ovl.modules=parallel").modules, ModuleLoading::Parallel);
+        assert_eq!(ok("").modules, ModuleLoading::Auto);
+        assert!(ModuleLoading::Auto.parallel_with(2) && !ModuleLoading::Auto.parallel_with(1));
+        assert!(!ModuleLoading::Sequential.parallel_with(4));
+        assert!(ModuleLoading::Parallel.parallel_with(1));
         assert_eq!(
             ok("ovl.modules=sequential").modules,
             ModuleLoading::Sequential

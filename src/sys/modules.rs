@@ -201,7 +201,7 @@ fn load_positions(
     let started = Instant::now();
     let index = index.subset(positions);
     let workers = if parallel {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = usable_cpus() as usize;
         // Two at least: one module's load can wait on I/O while another's runs.
         cpus.clamp(2, MAX_WORKERS).min(index.entries.len())
     } else {
@@ -231,6 +231,12 @@ fn load_positions(
         modules,
         total: started.elapsed(),
     }
+}
+
+/// CPUs this process may run on (`sched_getaffinity`: one system call, unlike
+/// `available_parallelism`, which also reads cgroup files).
+pub fn usable_cpus() -> u32 {
+    rustix::thread::sched_getaffinity(None).map_or(1, |set| set.count())
 }
 
 /// PID 1's module loader: what the index lists, and what was tried already.
