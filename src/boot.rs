@@ -59,24 +59,63 @@ pub fn mount_api_filesystem(source: &str, target: &Path, fstype: &str, data: &st
     mount_fs(source, target, fstype, flags, data)
 }
 
-/// The entry point when running as PID 1 from an initramfs. Never returns.
-pub fn run_pid1() -> ! {
+/// What every PID 1 has after its first steps, in either mode.
+pub struct Prologue {
+    pub started: Instant,
+    pub timeline: Timeline,
+    /// The kmsg rate limit to restore before the handover.
+    pub kmsg_ratelimit: Option<String>,
+    pub uptime_start: Option<f64>,
+    pub config: Config,
+}
+
+/// The first steps of PID 1: logger and panic hook, the API filesystems (by
+/// `mount_api`), kmsg, the command line. A failure here ends in the failure
+/// handler.
+pub fn prologue(mount_api: fn() -> Result<()>) -> Prologue {
     let started = Instant::now();
     crate::logger::init_pid1(false);
     crate::fail::install_panic_hook(None);
     let mut timeline = Timeline::default();
-    if let Err(e) = timeline.step("api mounts", mount_api_filesystems) {
-        crate::fail::fatal(e.step, &e.error, None);
-    }
+    let fatal = |e: StepError| -> ! { crate::fail::fatal(e.step, &e.error, None) };
+    timeline
+        .step("api mounts", mount_api)
+        .unwrap_or_else(|e| fatal(e));
     let (kmsg_ratelimit, uptime_start) = timeline
         .step("log setup", || {
             crate::logger::attach_kmsg();
             Ok((sys::kmsg::lift_ratelimit(), sys::kmsg::uptime()))
         })
-        .unwrap_or_else(|e| crate::fail::fatal(e.step, &e.error, None));
+        .unwrap_or_else(|e| fatal(e));
     let config = timeline
         .step("command line", || Ok(load_config()))
-        .unwrap_or_else(|e| crate::fail::fatal(e.step, &e.error, None));
+        .unwrap_or_else(|e| fatal(e));
+    Prologue {
+        started,
+        timeline,
+        kmsg_ratelimit,
+        uptime_start,
+        config,
+    }
+}
+
+/// `tmpfs` or the device spec, for log lines.
+pub fn upper_name(config: &Config) -> String {
+    match &config.upper {
+        UpperSpec::Tmpfs => "tmpfs".to_string(),
+        UpperSpec::Device(d) => d.to_string(),
+    }
+}
+
+/// The entry point when running as PID 1 from an initramfs. Never returns.
+pub fn run_pid1() -> ! {
+    let Prologue {
+        started,
+        mut timeline,
+        kmsg_ratelimit,
+        uptime_start,
+        config,
+    } = prologue(mount_api_filesystems);
     log::info!(
         "starting (uptime {:.3} s): root={} upper={}",
         uptime_start.unwrap_or_default(),
@@ -85,10 +124,7 @@ pub fn run_pid1() -> ! {
             .as_ref()
             .map(|r| r.to_string())
             .unwrap_or_else(|| "(none)".into()),
-        match &config.upper {
-            UpperSpec::Tmpfs => "tmpfs".to_string(),
-            UpperSpec::Device(d) => d.to_string(),
-        }
+        upper_name(&config)
     );
 
     let key = timeline

@@ -13,7 +13,6 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
@@ -61,17 +60,13 @@ pub struct RouterDevices {
 
 /// The entry point when running as PID 1 on a root the kernel mounted. Never returns.
 pub fn run_router_pid1() -> ! {
-    let started = Instant::now();
-    crate::logger::init_pid1(false);
-    crate::fail::install_panic_hook(None);
-    let mut timeline = Timeline::default();
-    if let Err(e) = timeline.step("api mounts", mount_api_filesystems) {
-        crate::fail::fatal(e.step, &e.error, None);
-    }
-    crate::logger::attach_kmsg();
-    let kmsg_ratelimit = sys::kmsg::lift_ratelimit();
-    let uptime_start = sys::kmsg::uptime();
-    let config = boot::load_config();
+    let boot::Prologue {
+        started,
+        mut timeline,
+        kmsg_ratelimit,
+        uptime_start,
+        config,
+    } = boot::prologue(mount_api_filesystems);
     let root = match router::detect_boot_mode() {
         Ok(router::BootMode::Router(root)) => root,
         Ok(router::BootMode::Initramfs) => {
@@ -90,10 +85,7 @@ pub fn run_router_pid1() -> ! {
         root.fstype,
         root.source,
         if root.read_only { "ro" } else { "rw" },
-        match &config.upper {
-            UpperSpec::Tmpfs => "tmpfs".to_string(),
-            UpperSpec::Device(d) => d.to_string(),
-        }
+        boot::upper_name(&config)
     );
     let argv0 = std::env::args().next().unwrap_or_default();
     let (init, staging, upper) = match assemble_router(&config, &argv0, &mut timeline) {
