@@ -6,13 +6,15 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use rustix::mount::MountFlags;
 
-use crate::cmdline::{self, Config, LowerSpec, UpperSpec};
+use crate::cmdline::{self, Config, UpperSpec};
 use crate::devspec::DeviceSpec;
 use crate::failsafe;
-use crate::lower::{find_devices, lower_device_specs, mount_image, mount_lower};
+use crate::lower::{
+    find_devices, lower_device_specs, mount_extra_lowers, mount_image, mount_lower,
+};
 use crate::overlay::{self, Staging};
 use crate::sys;
 use crate::sys::mount::{ensure_dir, mount_fs, move_mount};
@@ -282,23 +284,9 @@ pub fn assemble(
         None => staging.rom(),
     };
     let mut lowers = vec![staging.rom()];
-    timeline.step("extra lowers", || {
-        let mut device_iter = devices.lowers.iter();
-        for (n, spec) in config.lowers.iter().enumerate() {
-            let target = staging.extra_lower(n);
-            match spec {
-                LowerSpec::Device(_) => {
-                    let dev = device_iter.next().context("internal: lower device count")?;
-                    mount_lower(dev, None, None, &target)?;
-                }
-                LowerSpec::File(path) => {
-                    mount_image(&files_base, path, None, None, &target)?;
-                }
-            }
-            lowers.push(target);
-        }
-        Ok(())
-    })?;
+    lowers.extend(timeline.step("extra lowers", || {
+        mount_extra_lowers(config, &devices.lowers, &files_base, staging)
+    })?);
     let upper = assemble_upper_and_overlay(
         config,
         staging,

@@ -14,10 +14,10 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::boot;
-use crate::cmdline::{Config, LowerSpec, UpperSpec};
+use crate::cmdline::{Config, UpperSpec};
 use crate::lower;
 use crate::router::{self, RootMount};
 use crate::sys;
@@ -148,24 +148,9 @@ fn assemble_router(
     let staging = timeline.step("staging", router::prepare_staging)?;
     // The root is the lower; its device guards the reset.
     let root_dev = timeline.step("lower", || sys::mount::dev_of(Path::new("/")))?;
-    let mut extra = Vec::new();
-    timeline.step("extra lowers", || {
-        let mut device_iter = devices.lowers.iter();
-        for (n, spec) in config.lowers.iter().enumerate() {
-            let target = staging.extra_lower(n);
-            match spec {
-                LowerSpec::Device(_) => {
-                    let dev = device_iter.next().context("internal: lower device count")?;
-                    lower::mount_lower(dev, None, None, &target)?;
-                }
-                // Files named in ovl.lower= live on the root= filesystem, which is `/`.
-                LowerSpec::File(path) => {
-                    lower::mount_image(Path::new("/"), path, None, None, &target)?;
-                }
-            }
-            extra.push(target);
-        }
-        Ok(())
+    // Files named in ovl.lower= live on the root= filesystem, which is `/`.
+    let extra = timeline.step("extra lowers", || {
+        lower::mount_extra_lowers(config, &devices.lowers, Path::new("/"), &staging)
     })?;
     let upper = upper::assemble_upper_and_overlay(
         config,

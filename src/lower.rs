@@ -10,7 +10,7 @@ use crate::cmdline::{Config, LowerSpec, RootWait};
 use crate::devspec::DeviceSpec;
 use crate::fail::warn_box;
 use crate::fstype::FsType;
-use crate::overlay;
+use crate::overlay::{self, Staging};
 use crate::sys;
 
 /// Default bound on waiting for devices when neither `rootwait` nor `ovl.timeout` says.
@@ -123,6 +123,33 @@ pub fn wait_for_devices(
         },
     };
     Ok((found, upper))
+}
+
+/// Mount the `ovl.lower=` layers, in order, at `staging.extra_lower(n)`:
+/// devices from `devices` (found for the device entries, in order), image
+/// files from the filesystem at `files_base`. Returns the mount points.
+pub fn mount_extra_lowers(
+    config: &Config,
+    devices: &[PathBuf],
+    files_base: &Path,
+    staging: &Staging,
+) -> Result<Vec<PathBuf>> {
+    let mut device_iter = devices.iter();
+    let mut mounted = Vec::new();
+    for (n, spec) in config.lowers.iter().enumerate() {
+        let target = staging.extra_lower(n);
+        match spec {
+            LowerSpec::Device(_) => {
+                let dev = device_iter.next().context("internal: lower device count")?;
+                mount_lower(dev, None, None, &target)?;
+            }
+            LowerSpec::File(path) => {
+                mount_image(files_base, path, None, None, &target)?;
+            }
+        }
+        mounted.push(target);
+    }
+    Ok(mounted)
 }
 
 /// Read the first bytes of a device and detect its filesystem.
