@@ -61,6 +61,10 @@ pub fn mount_api_filesystem(source: &str, target: &Path, fstype: &str, data: &st
     mount_fs(source, target, fstype, flags, data)
 }
 
+/// The kernel command-line parameter (`OVL_TEST_PANIC=1`) that makes PID 1
+/// panic after reading the command line, for tests of the panic path.
+pub const TEST_PANIC_ENV: &str = "OVL_TEST_PANIC";
+
 /// What every PID 1 has after its first steps, in either mode.
 pub struct Prologue {
     pub started: Instant,
@@ -92,6 +96,12 @@ pub fn prologue(mount_api: fn() -> Result<()>) -> Prologue {
     let config = timeline
         .step("command line", || Ok(load_config()))
         .unwrap_or_else(|e| fatal(e));
+    // Test seam: the kernel hands an unknown `NAME=VALUE` parameter to init as
+    // its environment; this one proves that a panic in PID 1 reaches the
+    // failure handler in the real (panic = "abort") binary.
+    if std::env::var_os(TEST_PANIC_ENV).is_some() {
+        panic!("{TEST_PANIC_ENV} is set: a deliberate panic to test the failure path");
+    }
     Prologue {
         started,
         timeline,

@@ -449,3 +449,22 @@ fn three_boots_without_mark_good_then_failsafe() {
     assert_test_passed(&result);
     assert_eq!(ext4_read_file(&upper, "/.overlay-init/bootcount"), None);
 }
+
+/// A Rust panic in PID 1 (the release binary has `panic = "abort"`) reaches the one failure
+/// handler through the panic hook: named, boxed, then `ovl.onfail=halt` powers off. Without
+/// the hook the kernel would panic ("Attempted to kill init").
+#[test]
+fn a_panic_in_pid1_reaches_the_failure_handler() {
+    let result = boot(&BootSpec {
+        disks: vec![Disk::ro(&artifacts().root_sqsh)],
+        append: "root=/dev/vda ovl.onfail=halt OVL_TEST_PANIC=1".into(),
+        timeout: TIMEOUT,
+        ..Default::default()
+    });
+    assert_no_panic(&result);
+    assert_marker(&result, "overlay-init: BOOT FAILED");
+    assert_marker(&result, "* step: panic");
+    assert_marker(&result, "a deliberate panic to test the failure path");
+    assert_marker(&result, "halting (ovl.onfail=halt)");
+    assert_exit(&result, Exit::PowerOff);
+}
