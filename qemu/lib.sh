@@ -6,6 +6,10 @@ set -euo pipefail
 QEMU_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$QEMU_DIR/.." && pwd)"
 KERNEL_CACHE="${OVERLAY_INIT_CACHE:-/var/cache/overlay-init/kernel}"
+# A rustup install whose bin directory is not on PATH (non-login shells, CI).
+if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+    PATH="$HOME/.cargo/bin:$PATH"
+fi
 # The packages the demo and the QEMU tests need, and the command each one provides.
 NEEDED_TOOLS=(
     "qemu-system-x86:qemu-system-x86_64"
