@@ -232,7 +232,17 @@ impl LoopDevice {
             let number = get_free_number(control.as_fd())
                 .context("asking /dev/loop-control for a free loop device")?;
             let path = PathBuf::from(format!("/dev/loop{number}"));
-            let device = open_loop_node(number, &path)?;
+            let device = match open_loop_node(number, &path) {
+                Ok(device) => device,
+                // ENXIO: the device is being torn down (another process removed or
+                // auto-cleared it after GET_FREE); the next GET_FREE gives another.
+                Err(e) if e.downcast_ref::<Errno>() == Some(&Errno::NXIO) => {
+                    log::debug!("{} is going away, retrying", path.display());
+                    last_busy = Some(path);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             match configure(device.as_fd(), backing_file.as_fd(), backing, options) {
                 Ok(()) => {
                     log::debug!(
