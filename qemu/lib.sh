@@ -21,6 +21,9 @@ NEEDED_TOOLS=(
     "gdisk:sgdisk"
     "fdisk:sfdisk"
     "cpio:cpio"
+    # The builder's tests compress real modules with these.
+    "zstd:zstd"
+    "xz-utils:xz"
 )
 
 log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }
