@@ -50,7 +50,8 @@ pub fn mount_api_filesystems() -> Result<()> {
 
 /// Mount one [`API_MOUNTS`] entry unless something is mounted there already.
 pub fn mount_api_filesystem(source: &str, target: &Path, fstype: &str, data: &str) -> Result<()> {
-    if sys::mount::is_mountpoint(target) {
+    // The kernel may have mounted it already (devtmpfs with DEVTMPFS_MOUNT).
+    if sys::mount::has_other_fs_mounted(target) {
         return Ok(());
     }
     let flags = match fstype {

@@ -68,6 +68,17 @@ pub fn dev_of(path: &Path) -> Result<u64> {
     Ok(st.st_dev)
 }
 
+/// Whether another filesystem is mounted on `path`: its device differs from its
+/// parent's. Two `stat`s, no /proc needed; blind to a bind mount of the same
+/// filesystem (use [`is_mountpoint`] where that matters).
+pub fn has_other_fs_mounted(path: &Path) -> bool {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    match (rustix::fs::stat(path), rustix::fs::stat(parent)) {
+        (Ok(here), Ok(above)) => here.st_dev != above.st_dev,
+        _ => false,
+    }
+}
+
 /// Whether something is mounted exactly at `path` (its device differs from its parent's,
 /// or it is listed in mountinfo for bind mounts of the same filesystem).
 pub fn is_mountpoint(path: &Path) -> bool {
