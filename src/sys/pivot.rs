@@ -5,13 +5,10 @@
 //! inside the new root, which is how the kernel-mounted squashfs ends up at
 //! `/rom`.
 
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-
-/// Filesystem magics (statfs `f_type`) of the filesystems an initramfs lives on.
-const RAMFS_MAGIC: i64 = 0x8584_58f6;
-const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 /// Make `new_root` the root of this mount namespace, re-attaching the old root
 /// at `new_root/put_old` (a directory that must exist). Afterwards both the
@@ -34,7 +31,6 @@ pub fn pivot_root(new_root: &Path, put_old: &str) -> Result<()> {
 /// Whether `/` is a ramfs or tmpfs, i.e. an initramfs: the fallback test when
 /// /proc is not mounted.
 pub fn root_is_ram_filesystem() -> Result<bool> {
-    let st = rustix::fs::statfs("/").context("statfs /")?;
-    let magic = st.f_type as i64;
-    Ok(magic == RAMFS_MAGIC || magic == TMPFS_MAGIC)
+    let root = crate::sys::wipe::open_dir(Path::new("/"))?;
+    crate::sys::wipe::is_volatile_fs(root.as_fd()).context("statfs /")
 }

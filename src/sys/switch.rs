@@ -8,9 +8,10 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use rustix::fs::{openat2, AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{openat2, FileType, Mode, OFlags, ResolveFlags};
 
 use crate::switch::classify_executable;
+use crate::sys::wipe;
 
 /// Check that `init` names a runnable file inside `new_root`, resolving
 /// symlinks as the kernel will once `new_root` is `/`.
@@ -53,87 +54,23 @@ pub struct FreeStats {
     pub kept: u64,
 }
 
-const RAMFS_MAGIC: i64 = 0x8584_58f6;
-const TMPFS_MAGIC: i64 = 0x0102_1994;
-
 /// Delete everything on the initramfs (`/`), never crossing into other
-/// filesystems (the new root, moved API mounts) and never following symlinks.
-/// Refuses unless `/` really is a ramfs/tmpfs.
+/// filesystems or mounts (the new root, moved API mounts) and never following
+/// symlinks ([`wipe::wipe_contents`]). Refuses unless `/` really is a
+/// ramfs/tmpfs.
 pub fn free_initramfs() -> Result<FreeStats> {
-    let root = rustix::fs::open(
-        "/",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
-        Mode::empty(),
-    )
-    .context("open /")?;
-    let fs = rustix::fs::fstatfs(&root).context("statfs /")?;
-    let magic = fs.f_type as i64;
-    if magic != RAMFS_MAGIC && magic != TMPFS_MAGIC {
-        bail!("refusing to delete / : it is not an initramfs (filesystem magic {magic:#x})");
+    let root = wipe::open_dir(Path::new("/"))?;
+    if !wipe::is_volatile_fs(root.as_fd()).context("statfs /")? {
+        bail!("refusing to delete / : it is not an initramfs (not a ramfs or tmpfs)");
     }
-    let dev = rustix::fs::fstat(&root).context("stat /")?.st_dev;
-    let mut stats = FreeStats::default();
-    remove_contents(&root, dev, &mut stats);
-    Ok(stats)
-}
-
-/// Remove the contents of the directory `dir` that live on device `dev`.
-fn remove_contents(dir: &OwnedFd, dev: u64, stats: &mut FreeStats) {
-    let Ok(mut entries) = Dir::read_from(dir) else {
-        stats.kept += 1;
-        return;
-    };
-    let mut names = Vec::new();
-    while let Some(Ok(entry)) = entries.next() {
-        let name = entry.file_name().to_owned();
-        if name.as_bytes() != b"." && name.as_bytes() != b".." {
-            names.push(name);
-        }
+    let report = wipe::wipe_contents(root.as_fd(), Path::new("/"))?;
+    for failure in &report.failures {
+        log::debug!("initramfs: could not remove {failure}");
     }
-    for name in names {
-        let Ok(st) = rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) else {
-            stats.kept += 1;
-            continue;
-        };
-        if st.st_dev != dev {
-            stats.kept += 1;
-            continue;
-        }
-        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
-        if is_dir {
-            match rustix::fs::openat(
-                dir,
-                name.as_c_str(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
-                Mode::empty(),
-            ) {
-                Ok(sub) => {
-                    // A mount point shows the mounted filesystem's device once opened.
-                    if rustix::fs::fstat(&sub)
-                        .map(|s| s.st_dev != dev)
-                        .unwrap_or(true)
-                    {
-                        stats.kept += 1;
-                        continue;
-                    }
-                    remove_contents(&sub, dev, stats);
-                }
-                Err(_) => {
-                    stats.kept += 1;
-                    continue;
-                }
-            }
-        }
-        let flags = if is_dir {
-            AtFlags::REMOVEDIR
-        } else {
-            AtFlags::empty()
-        };
-        match rustix::fs::unlinkat(dir, name.as_c_str(), flags) {
-            Ok(()) => stats.removed += 1,
-            Err(_) => stats.kept += 1,
-        }
-    }
+    Ok(FreeStats {
+        removed: report.removed,
+        kept: (report.mount_points_left.len() + report.failures.len()) as u64,
+    })
 }
 
 /// Make `new_root` the root: move it onto `/`, chroot into it.
