@@ -9,8 +9,8 @@
 //! specs it was asked for resolve or the deadline passes.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::{self, Read};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -300,7 +300,8 @@ impl DeviceWaiter {
             filesystem: None,
             probe_error: None,
         };
-        let head = ensure_node(name, major, minor).and_then(|node| read_head(&node, PROBE_BYTES));
+        let head = ensure_node(name, major, minor)
+            .and_then(|node| crate::sys::io::read_head(&node, PROBE_BYTES));
         match head {
             Ok(head) => match detect(&head) {
                 Ok(fs) => device.filesystem = fs,
@@ -362,7 +363,7 @@ impl DeviceWaiter {
             read_sysfs_number(&disk_dir.join("queue/logical_block_size")).unwrap_or(512);
         let entries = match (disk_event.major, disk_event.minor) {
             (Some(major), Some(minor)) => ensure_node(disk, major, minor)
-                .and_then(|node| read_head(&node, table_bytes(sector_size)))
+                .and_then(|node| crate::sys::io::read_head(&node, table_bytes(sector_size)))
                 .and_then(|head| {
                     parse_table(&head, sector_size)
                         .map_err(|e| anyhow!("/dev/{disk}: partition table: {e}"))
@@ -451,16 +452,6 @@ fn ensure_node(name: &str, major: u32, minor: u32) -> Result<PathBuf> {
         }
         Err(err) => Err(io::Error::from(err)).with_context(|| format!("stat {}", node.display())),
     }
-}
-
-/// Up to `len` bytes from the start of the device (less if the device is smaller).
-fn read_head(node: &Path, len: usize) -> Result<Vec<u8>> {
-    let file = File::open(node).with_context(|| format!("open {}", node.display()))?;
-    let mut head = Vec::with_capacity(len);
-    file.take(len as u64)
-        .read_to_end(&mut head)
-        .with_context(|| format!("read the first {len} bytes of {}", node.display()))?;
-    Ok(head)
 }
 
 /// Whether `path` is a block device node whose device is there now with a

@@ -12,6 +12,6 @@ pub fn read_head(path: &Path, len: usize) -> Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(len);
     file.take(len as u64)
         .read_to_end(&mut buf)
-        .with_context(|| format!("read {}", path.display()))?;
+        .with_context(|| format!("read the first {len} bytes of {}", path.display()))?;
     Ok(buf)
 }

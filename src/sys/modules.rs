@@ -173,13 +173,6 @@ fn run(index: &ModuleIndex, directory: &Path, workers: usize) -> Vec<Slot> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Loads every module `index_path` lists (paths relative to its directory).
-pub fn load_from_index(index_path: &Path, parallel: bool) -> Result<LoadReport> {
-    let (index, directory) = read_index(index_path)?;
-    let all: Vec<usize> = (0..index.entries.len()).collect();
-    Ok(load_positions(&index, &directory, &all, parallel))
-}
-
 fn read_index(index_path: &Path) -> Result<(ModuleIndex, PathBuf)> {
     let text = std::fs::read_to_string(index_path)
         .with_context(|| format!("reading module index {}", index_path.display()))?;
@@ -314,6 +307,13 @@ pub fn ensure_filesystem(fstype: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Loads every module `index_path` lists (paths relative to its directory).
+    fn load_from_index(index_path: &Path, parallel: bool) -> Result<LoadReport> {
+        let (index, directory) = read_index(index_path)?;
+        let all: Vec<usize> = (0..index.entries.len()).collect();
+        Ok(load_positions(&index, &directory, &all, parallel))
+    }
 
     fn index(lines: &[(&str, &[&str])]) -> ModuleIndex {
         let mut index = ModuleIndex::default();
