@@ -28,3 +28,6 @@ pub mod sys;
 pub mod timeline;
 pub mod uevent;
 pub mod upper;
+
+#[cfg(test)]
+mod test_rng;
