@@ -57,14 +57,7 @@ fn image_boot(disk: &Path, extra: &str, script: &str) -> BootResult {
 fn image_file_squashfs_on_ext4_partition_by_label_with_file_lower() {
     let a = artifacts();
     let scratch = Scratch::new("image-sqsh");
-    let extra_tree = scratch.join("extra");
-    write_file(
-        &extra_tree.join("only-in-extra"),
-        "from the extra image\n",
-        0o644,
-    );
-    let extra = scratch.join("extra.sqsh");
-    make_squashfs(&extra_tree, &extra);
+    let extra = extra_lower_image(&scratch);
     let holding = holding_partition(
         &scratch,
         &[

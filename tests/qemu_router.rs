@@ -258,14 +258,7 @@ fn router_mode_kernel_mounted_squashfs_root_persists_and_resets() {
 
 /// An ovl.lower= file on the root (loop-mounted) and an OpenWrt root without /run.
 fn openwrt_layout_with_file_lower(kernel: &KernelMountsRoot, scratch: &Scratch) -> BootResult {
-    let extra_tree = scratch.join("extra");
-    write_file(
-        &extra_tree.join("only-in-extra"),
-        "from the extra image\n",
-        0o644,
-    );
-    let extra = scratch.join("extra.sqsh");
-    make_squashfs(&extra_tree, &extra);
+    let extra = extra_lower_image(scratch);
     let root = router_root(
         scratch,
         &RootOptions {

@@ -1037,44 +1037,53 @@ fn replayed_copy(image: &Path, scratch: &Scratch) -> PathBuf {
     copy
 }
 
+/// `extra.sqsh` in `scratch`: a squashfs holding only `/only-in-extra`
+/// ("from the extra image"), an `ovl.lower=` layer for tests.
+pub fn extra_lower_image(scratch: &Scratch) -> PathBuf {
+    let extra_tree = scratch.join("extra");
+    write_file(
+        &extra_tree.join("only-in-extra"),
+        "from the extra image\n",
+        0o644,
+    );
+    let extra = scratch.join("extra.sqsh");
+    make_squashfs(&extra_tree, &extra);
+    extra
+}
+
 /// Reads a file out of an ext4 image without mounting it (debugfs); None when it is absent.
 /// The image is not modified.
 pub fn ext4_read_file(image: &Path, path: &str) -> Option<Vec<u8>> {
-    let scratch = Scratch::new("debugfs");
-    let copy = replayed_copy(image, &scratch);
-    let output = Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("cat {path}"))
-        .arg(&copy)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run debugfs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if stderr.contains("not found") {
-        return None;
-    }
+    let output = debugfs(image, &format!("cat {path}"))?;
     assert!(
         output.status.success(),
-        "debugfs cat {path} failed: {stderr}"
+        "debugfs cat {path} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
     );
     Some(output.stdout)
 }
 
-/// The names in a directory of an ext4 image (without `.` and `..`); None when it is absent.
-pub fn ext4_list_dir(image: &Path, dir: &str) -> Option<Vec<String>> {
+/// Runs one debugfs `request` on a journal-replayed copy of `image`; None when
+/// debugfs says the path is not found.
+fn debugfs(image: &Path, request: &str) -> Option<Output> {
     let scratch = Scratch::new("debugfs");
     let copy = replayed_copy(image, &scratch);
     let output = Command::new("debugfs")
         .arg("-R")
-        .arg(format!("ls -p {dir}"))
+        .arg(request)
         .arg(&copy)
         .stdin(Stdio::null())
         .output()
         .expect("run debugfs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if stderr.contains("not found") {
+    if String::from_utf8_lossy(&output.stderr).contains("not found") {
         return None;
     }
+    Some(output)
+}
+
+/// The names in a directory of an ext4 image (without `.` and `..`); None when it is absent.
+pub fn ext4_list_dir(image: &Path, dir: &str) -> Option<Vec<String>> {
+    let output = debugfs(image, &format!("ls -p {dir}"))?;
     // ls -p: /inode/mode/uid/gid/name/size/
     let names = String::from_utf8_lossy(&output.stdout)
         .lines()
