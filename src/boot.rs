@@ -231,11 +231,9 @@ pub fn load_modules(config: &Config) -> Result<()> {
         "module loading: {}",
         if parallel { "parallel" } else { "sequential" }
     );
+    // Each module's outcome is logged by the loader (a failure by name, with the kernel's error).
     let report = sys::modules::load_eager(index, parallel, ON_DEMAND_MODULES)?;
-    for failed in report.failed() {
-        log::warn!("module {}: {:?}", failed.name, failed.outcome);
-    }
-    log::debug!("{report:?}");
+    log::debug!("{} modules in {:?}", report.modules.len(), report.total);
     Ok(())
 }
 

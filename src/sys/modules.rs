@@ -299,7 +299,11 @@ pub fn kernel_has_filesystem(fstype: &str) -> bool {
 pub fn ensure_filesystem(fstype: &str) {
     if !kernel_has_filesystem(fstype) {
         if let Some(report) = load_on_demand(fstype) {
-            log::debug!("loaded on demand for {fstype}: {report:?}");
+            log::debug!(
+                "{} modules loaded on demand for {fstype} in {:?}",
+                report.modules.len(),
+                report.total
+            );
         }
     }
 }
