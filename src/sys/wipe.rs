@@ -101,13 +101,6 @@ pub fn device_of(fd: BorrowedFd<'_>) -> Result<u64> {
     Ok(fstat(fd).context("fstat")?.st_dev)
 }
 
-/// The device (`st_dev`) of a path, following symlinks like `stat(2)`.
-pub fn device_of_path(path: &Path) -> Result<u64> {
-    Ok(statat(CWD, path, AtFlags::empty())
-        .with_context(|| format!("stat {}", path.display()))?
-        .st_dev)
-}
-
 /// Make a directory's entries (creations, renames, removals) durable.
 pub fn fsync_dir(dir: BorrowedFd<'_>, what: &str) -> Result<()> {
     fsync(dir).with_context(|| format!("fsync directory {what}"))
