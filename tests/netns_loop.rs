@@ -13,7 +13,6 @@
 mod netns_support;
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use netns_support::{
@@ -21,7 +20,6 @@ use netns_support::{
     Ext4, Mounted,
 };
 use overlay_init::fstype::FsType;
-use overlay_init::probe::superblock::{self, PROBE_BYTES};
 use overlay_init::sys::loopdev::{self, AttachOptions, LoopDevice};
 
 /// A tree with one known file, the content every image carries.
@@ -50,20 +48,6 @@ fn sysfs_read_only(device: &LoopDevice) -> bool {
     ro.trim() == "1"
 }
 
-/// The filesystem on a device, as the boot path detects it.
-fn detect_fstype(device: &Path) -> FsType {
-    let mut head = Vec::new();
-    fs::File::open(device)
-        .unwrap()
-        .take(PROBE_BYTES as u64)
-        .read_to_end(&mut head)
-        .unwrap();
-    superblock::detect(&head)
-        .expect("valid superblock")
-        .and_then(|info| info.fstype())
-        .unwrap_or_else(|| panic!("no supported filesystem on {}", device.display()))
-}
-
 /// Attach, check read-only, detect, mount, read the marker, unmount, detach.
 fn attach_mount_read_detach(image: &Path, fstype: FsType, marker: &str, mountpoint: &Path) {
     let device = loopdev::attach_image(image).expect("attaching image");
@@ -79,7 +63,10 @@ fn attach_mount_read_detach(image: &Path, fstype: FsType, marker: &str, mountpoi
         "/sys/block/loopN/ro says read-only"
     );
 
-    assert_eq!(detect_fstype(device.path()), fstype);
+    assert_eq!(
+        overlay_init::lower::detect_fstype(device.path()).expect("a supported filesystem"),
+        fstype
+    );
     let mounted =
         Mounted::read_only(device.path(), mountpoint, fstype.kernel_name()).expect("mounting");
     assert_eq!(
