@@ -351,10 +351,7 @@ impl Wiper<'_> {
                     }
                 }
                 Some(Err(e)) => {
-                    let path = self.path_of(&stack, None);
-                    self.report
-                        .failures
-                        .push(format!("{}: read directory: {e}", path.display()));
+                    self.fail(&stack, None, "read directory", e);
                     stack.pop();
                 }
                 None => {
@@ -379,10 +376,7 @@ impl Wiper<'_> {
                 // Not a directory after all (d_type unknown): unlink it below.
                 Err(Errno::LOOP) | Err(Errno::NOTDIR) if kind == FileType::Unknown => {}
                 Err(e) => {
-                    let path = self.path_of(stack, Some(&name));
-                    self.report
-                        .failures
-                        .push(format!("{}: open directory: {e}", path.display()));
+                    self.fail(stack, Some(&name), "open directory", e);
                     return None;
                 }
             }
@@ -411,10 +405,7 @@ impl Wiper<'_> {
                 return None;
             }
             Err(e) => {
-                let path = path();
-                self.report
-                    .failures
-                    .push(format!("{}: statx: {e}", path.display()));
+                self.fail(stack, Some(&name), "statx", e);
                 return None;
             }
         }
@@ -427,10 +418,7 @@ impl Wiper<'_> {
                 name: Some(name),
             }),
             Err(e) => {
-                let path = path();
-                self.report
-                    .failures
-                    .push(format!("{}: directory stream: {e}", path.display()));
+                self.fail(stack, Some(&name), "directory stream", e);
                 None
             }
         }
@@ -457,10 +445,7 @@ impl Wiper<'_> {
                 }
                 Err(Errno::EXIST) => continue,
                 Err(e) => {
-                    let path = self.path_of(stack, Some(&name));
-                    self.report
-                        .failures
-                        .push(format!("{}: move up to the root: {e}", path.display()));
+                    self.fail(stack, Some(&name), "move up to the root", e);
                     return None;
                 }
             }
@@ -492,12 +477,17 @@ impl Wiper<'_> {
                 self.report.mount_points_left.push(path);
             }
             Err(e) => {
-                let path = self.path_of(stack, Some(name));
-                self.report
-                    .failures
-                    .push(format!("{}: remove: {e}", path.display()));
+                self.fail(stack, Some(name), "remove", e);
             }
         }
+    }
+
+    /// Record that `what` failed for the entry `name` below `stack`.
+    fn fail(&mut self, stack: &[Frame], name: Option<&CStr>, what: &str, e: Errno) {
+        let path = self.path_of(stack, name);
+        self.report
+            .failures
+            .push(format!("{}: {what}: {e}", path.display()));
     }
 
     /// The path of `name` in the top frame (or of the top frame), for reports.
