@@ -5,7 +5,11 @@ set -euo pipefail
 
 QEMU_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$QEMU_DIR/.." && pwd)"
-KERNEL_CACHE="${OVERLAY_INIT_CACHE:-/var/cache/overlay-init/kernel}"
+# Every cache lives under one root: $OVERLAY_INIT_CACHE (default /var/cache/overlay-init).
+#   kernel/          Debian's cloud kernel (qemu/fetch-kernel)
+#   router-kernel/   the router-mode kernel (qemu/build-router-kernel)
+CACHE_ROOT="${OVERLAY_INIT_CACHE:-/var/cache/overlay-init}"
+KERNEL_CACHE="$CACHE_ROOT/kernel"
 # A rustup install whose bin directory is not on PATH (non-login shells, CI).
 if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
     PATH="$HOME/.cargo/bin:$PATH"

@@ -7,14 +7,35 @@ use super::*;
 use crate::modindex::ModuleIndex;
 use std::io::Read;
 
-const TREE: &str = "/var/cache/overlay-init/kernel/root/lib/modules/6.1.0-56-cloud-amd64";
-
-/// The real tree; its absence is a failure with the remedy, never a skip.
+/// The real tree, as `qemu/fetch-kernel` prints it (second line): whatever kernel release the
+/// archive serves today, in whatever cache `OVERLAY_INIT_CACHE` names. Asked once per process;
+/// a failure is a failure with the script's own message, never a skip.
 fn real_tree() -> PathBuf {
-    let tree = PathBuf::from(TREE);
+    static TREE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let tree = TREE.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("qemu/fetch-kernel");
+        let output = std::process::Command::new(&script)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|err| format!("cannot run {}: {err}", script.display()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            return Err(format!("{} failed ({}): {stdout}", script.display(), output.status));
+        }
+        // The last line is the module tree: anything before the two paths is chatter.
+        match stdout.lines().rev().find(|line| !line.trim().is_empty()) {
+            Some(line) => Ok(PathBuf::from(line.trim())),
+            None => Err(format!("{} printed no module tree: {stdout}", script.display())),
+        }
+    });
+    let tree = match tree {
+        Ok(tree) => tree.clone(),
+        Err(message) => panic!("{message}"),
+    };
     assert!(
         tree.join("modules.builtin").is_file(),
-        "{TREE} is missing: run `qemu/fetch-kernel` to download and extract the Debian cloud kernel"
+        "{} has no modules.builtin: run `qemu/fetch-kernel --force`",
+        tree.display()
     );
     tree
 }

@@ -80,9 +80,10 @@ pub fn kernel() -> &'static Kernel {
 }
 
 fn parse_kernel_paths(stdout: &str) -> Result<Kernel, String> {
-    let mut lines = stdout.lines().filter(|line| !line.trim().is_empty());
+    // The last two lines: anything a tool printed before the two paths is chatter.
+    let mut lines = stdout.lines().rev().filter(|line| !line.trim().is_empty());
     match (lines.next(), lines.next()) {
-        (Some(vmlinuz), Some(modules)) => Ok(Kernel {
+        (Some(modules), Some(vmlinuz)) => Ok(Kernel {
             vmlinuz: PathBuf::from(vmlinuz.trim()),
             modules: PathBuf::from(modules.trim()),
         }),
