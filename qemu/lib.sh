@@ -147,3 +147,16 @@ build_boot_artifacts() {
     # The init also goes into the root, for router mode (init=/sbin/overlay-init).
     "$QEMU_DIR/build-demo" --add "$outdir/overlay-init:/sbin/overlay-init" "$outdir"
 }
+
+# One line saying how a guest booted by qemu/run ended, for every exit status qemu/run has
+# (and any other), so a script that boots a guest never ends without saying why.
+describe_guest_end() {
+    case "$1" in
+        0) echo "the guest powered off" ;;
+        1) echo "the guest kernel panicked (see above)" ;;
+        3) echo "the guest rebooted before the demo root came up (see above)" ;;
+        124) echo "timeout: the guest did not finish in time" ;;
+        2) echo "QEMU ended without the guest powering off or rebooting (see the line above)" ;;
+        *) echo "qemu/run failed with status $1 (see above)" ;;
+    esac
+}

@@ -90,7 +90,14 @@ fn execute(inv: &Invocation) -> anyhow::Result<()> {
         Command::Status => {
             let state_path = std::path::Path::new(crate::state::STATE_PATH);
             match crate::state::read(state_path)? {
-                Some(state) => state.describe().iter().for_each(|l| println!("{l}")),
+                Some(mut state) => {
+                    // The counter as it is now, not as the boot recorded it: `mark-good` may
+                    // have cleared it since.
+                    if state.boot_attempts.is_some() {
+                        state.boot_attempts = Some(crate::bootcount::read(overlay)?);
+                    }
+                    state.describe().iter().for_each(|l| println!("{l}"))
+                }
                 None => println!(
                     "mode: unknown (no {}: not booted by overlay-init?)",
                     state_path.display()

@@ -438,14 +438,16 @@ fn three_boots_without_mark_good_then_failsafe() {
         }
     }
 
-    // Out of failsafe: the operator makes /overlay writable and marks the boot good.
+    // Out of failsafe: the operator makes /overlay writable and marks the boot good; status
+    // then shows the counter as it is now, not as the boot recorded it.
     let result = boot_with_upper(
         Disk::rw(&upper),
         "",
-        "mount -o remount,rw /overlay && overlay-init mark-good",
+        "mount -o remount,rw /overlay && overlay-init mark-good && overlay-init status",
     );
     assert_no_panic(&result);
     assert_marker(&result, "boot-attempt counter cleared (was 3)");
+    assert_marker(&result, "boot attempts since mark-good: 0 of 3");
     assert_test_passed(&result);
     assert_eq!(ext4_read_file(&upper, "/.overlay-init/bootcount"), None);
 }

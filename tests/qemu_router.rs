@@ -4,7 +4,7 @@
 //!
 //! **The kernel.** `qemu/build-router-kernel` builds a small kernel from Debian's
 //! `linux-source` with virtio_blk, squashfs, ext4, overlayfs and loop built in and no module
-//! support (cached in /var/cache/overlay-init/router-kernel; the first build takes a few
+//! support (cached in $OVERLAY_INIT_CACHE/router-kernel; the first build takes a few
 //! minutes, see qemu/README.md). The `router_mode_kernel_mounted_*` tests boot it with no
 //! initramfs, as a router boots: the kernel itself mounts `/dev/vda1` read-only on `/` and
 //! executes overlay-init. A kernel that cannot be built fails these tests.

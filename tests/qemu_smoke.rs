@@ -230,3 +230,33 @@ fn disk_hotplugged_through_the_monitor_appears_in_the_guest() {
     assert_marker(&result, "SMOKE: got label=late");
     assert_exit(&result, Exit::PowerOff);
 }
+
+/// Every way `qemu/run` can end has its own line in the scripts that boot a guest (the demo
+/// once ended silently on status 2: QEMU quit without a power-down or reboot line).
+#[test]
+fn every_qemu_run_status_is_described() {
+    let mut lines = Vec::new();
+    for status in ["0", "1", "2", "3", "124", "9"] {
+        let output = std::process::Command::new("bash")
+            .arg("-c")
+            .arg("source qemu/lib.sh && describe_guest_end \"$1\"")
+            .arg("describe")
+            .arg(status)
+            .current_dir(repo_dir())
+            .output()
+            .expect("run bash");
+        assert!(output.status.success(), "status {status}: {output:?}");
+        let line = String::from_utf8(output.stdout).unwrap();
+        assert!(!line.trim().is_empty(), "status {status} has no line");
+        lines.push(line);
+    }
+    let mut distinct = lines.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), lines.len(), "{lines:?}");
+    let demo = std::fs::read_to_string(repo_dir().join("qemu/demo")).unwrap();
+    assert!(
+        demo.contains("describe_guest_end \"$status\""),
+        "qemu/demo must say how it ended"
+    );
+}
