@@ -359,7 +359,7 @@ pub enum Action {
 
 #[derive(Debug, Clone)]
 pub struct BootSpec {
-    /// Kernel parameters after `console=ttyS0 panic=-1`.
+    /// Kernel parameters after `console=ttyS0 panic=-1 no_timer_check`.
     pub append: String,
     /// vda, vdb, ... in order.
     pub disks: Vec<Disk>,
