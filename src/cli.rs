@@ -92,8 +92,9 @@ fn execute(inv: &Invocation) -> anyhow::Result<()> {
             match crate::state::read(state_path)? {
                 Some(mut state) => {
                     // The counter as it is now, not as the boot recorded it: `mark-good` may
-                    // have cleared it since.
-                    if state.boot_attempts.is_some() {
+                    // have cleared it since. A failsafe boot records none (it does not
+                    // count), but its /overlay is the persistent upper, read-only.
+                    if state.boot_attempts.is_some() || state.mode == crate::state::Mode::Failsafe {
                         state.boot_attempts = Some(crate::bootcount::read(overlay)?);
                     }
                     state.describe().iter().for_each(|l| println!("{l}"))
