@@ -536,7 +536,8 @@ pub fn test_init_args(script: &str) -> String {
     format!("init=/sbin/test-init -- \"{script}\"")
 }
 
-fn timeout_scale() -> f64 {
+/// `OVL_QEMU_TIMEOUT_SCALE` (default 1): every boot's hard timeout is multiplied by it.
+pub fn timeout_scale() -> f64 {
     std::env::var("OVL_QEMU_TIMEOUT_SCALE")
         .ok()
         .and_then(|value| value.parse::<f64>().ok())
