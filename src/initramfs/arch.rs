@@ -87,6 +87,21 @@ impl fmt::Display for ElfArch {
     }
 }
 
+/// The modules the builder adds by default for an init of `arch` (`None`: the init is not
+/// ELF, so the architecture is unknown): [`DEFAULT_MODULES`](super::resolve::DEFAULT_MODULES),
+/// and on aarch64 `virtio_mmio` as well. QEMU's arm64 `virt` board carries virtio disks on
+/// two transports: its PCIe host (`pci-host-generic`, built into Debian's arm64 kernels; the
+/// `virtio-blk-pci` disks `qemu/run` attaches, as on x86_64) and 32 virtio-mmio slots
+/// (`-device virtio-blk-device`, what most arm64 QEMU guides use). Both are modules in
+/// Debian's arm64 kernel, and `virtio_mmio` is 22 KiB.
+pub fn default_modules(arch: Option<ElfArch>) -> Vec<&'static str> {
+    let mut modules = super::resolve::DEFAULT_MODULES.to_vec();
+    if arch.is_some_and(|arch| arch.machine == EM_AARCH64) {
+        modules.insert(0, "virtio_mmio");
+    }
+    modules
+}
+
 /// Fails when a module is built for another architecture than the init: the init's
 /// kernel could not load it, so the initramfs would not boot.
 pub fn check_module(
@@ -152,6 +167,17 @@ mod tests {
             ElfArch::of(&header(2, 1, 999)).unwrap().name(),
             "ELF machine 999"
         );
+    }
+
+    #[test]
+    fn arm64_defaults_add_the_virtio_mmio_transport() {
+        let common = super::super::resolve::DEFAULT_MODULES.to_vec();
+        let x86 = ElfArch::of(&header(2, 1, EM_X86_64));
+        assert_eq!(default_modules(x86), common);
+        assert_eq!(default_modules(None), common);
+        let arm64 = default_modules(ElfArch::of(&header(2, 1, EM_AARCH64)));
+        assert!(arm64.contains(&"virtio_mmio") && arm64.contains(&"virtio_pci"));
+        assert_eq!(arm64.len(), common.len() + 1);
     }
 
     #[test]
