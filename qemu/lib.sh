@@ -171,7 +171,8 @@ busybox_for_arch() {
 # Lets apt-get download packages of $DEB_ARCH (dpkg --add-architecture, then apt-get update).
 add_foreign_arch() {
     [[ "$DEB_ARCH" == "$(dpkg --print-architecture)" ]] && return 0
-    dpkg --print-foreign-architectures | grep -qx "$DEB_ARCH" && return 0
+    # No grep -q on a pipe: under pipefail, dpkg's SIGPIPE would read as "not added".
+    [[ " $(dpkg --print-foreign-architectures | tr '\n' ' ') " == *" $DEB_ARCH "* ]] && return 0
     [[ "$(id -u)" == 0 ]] || die "Debian packages for $DEB_ARCH are not available; run as root (dpkg --add-architecture $DEB_ARCH && apt-get update)"
     log "adding the $DEB_ARCH architecture to dpkg and updating the package lists"
     dpkg --add-architecture "$DEB_ARCH"
