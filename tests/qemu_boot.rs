@@ -157,6 +157,30 @@ fn ext4_upper_persists(arch: Arch) {
     );
 }
 
+/// The arm64 initramfs's default module set carries both virtio transports of QEMU's virt
+/// board: a root on a virtio-mmio slot (`-device virtio-blk-device`, what most arm64 guides
+/// use) boots as well as the virtio-blk-pci disks of the other tests.
+#[test]
+fn aarch64_root_on_a_virtio_mmio_disk() {
+    let a = artifacts_for(Arch::Aarch64);
+    let mut lower = Disk::ro(&a.root_sqsh);
+    lower.mmio = true;
+    let result = boot_on(
+        Arch::Aarch64,
+        vec![lower],
+        "",
+        &format!("{SHOW_MOUNTS}; {LIST_MODULES}; echo DRIVER=$(basename $(readlink /sys/block/vda/device/driver))"),
+    );
+    assert_test_passed(&result);
+    assert_output(&result, "MOUNT /rom squashfs");
+    assert_output(&result, "DRIVER=virtio_blk");
+    let modules = loaded_modules(&result);
+    assert!(
+        modules.contains(&"virtio_mmio"),
+        "virtio_mmio not loaded: {modules:?}"
+    );
+}
+
 #[test]
 fn two_lowers_topmost_wins() {
     let a = artifacts();

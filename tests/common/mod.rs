@@ -348,6 +348,9 @@ pub struct Disk {
     pub path: PathBuf,
     pub readonly: bool,
     pub serial: Option<String>,
+    /// Attached as `virtio-blk-device` on a virtio-mmio slot of aarch64's virt board, instead
+    /// of `virtio-blk-pci` (`qemu/run --disk PATH,mmio`).
+    pub mmio: bool,
 }
 
 impl Disk {
@@ -356,6 +359,7 @@ impl Disk {
             path: path.into(),
             readonly: false,
             serial: None,
+            mmio: false,
         }
     }
 
@@ -364,6 +368,7 @@ impl Disk {
             path: path.into(),
             readonly: true,
             serial: None,
+            mmio: false,
         }
     }
 
@@ -374,6 +379,9 @@ impl Disk {
         }
         if let Some(serial) = &self.serial {
             spec.push_str(&format!(",serial={serial}"));
+        }
+        if self.mmio {
+            spec.push_str(",mmio");
         }
         spec
     }
