@@ -156,6 +156,13 @@ busybox_for_arch() {
         return
     fi
     mkdir -p "$cache" || die "cannot create the cache $cache (run as root or set OVERLAY_INIT_CACHE)"
+    # Concurrent callers take turns; the second finds the first one's busybox.
+    exec 8>"$cache/.lock"
+    flock 8
+    if [[ -x "$bb" ]]; then
+        echo "$bb"
+        return
+    fi
     add_foreign_arch
     (cd "$cache" && apt_download "busybox-static:$DEB_ARCH")
     local deb
