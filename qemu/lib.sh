@@ -10,6 +10,34 @@ REPO_DIR="$(cd "$QEMU_DIR/.." && pwd)"
 #   router-kernel/   the router-mode kernel (qemu/build-router-kernel)
 CACHE_ROOT="${OVERLAY_INIT_CACHE:-/var/cache/overlay-init}"
 KERNEL_CACHE="$CACHE_ROOT/kernel"
+
+# The guest architecture: every script takes --arch (default x86_64) and calls set_arch,
+# which sets:
+#   ARCH          x86_64 | aarch64 (QEMU's and Rust's name)
+#   DEB_ARCH      amd64 | arm64 (Debian's name)
+#   RUST_TARGET   the musl target the init is built for
+#   QEMU_SYSTEM   the qemu-system binary, and QEMU_PACKAGE its Debian package
+#   CONSOLE_TTY   the serial console's tty (ttyS0: 8250 UART; ttyAMA0: the PL011 of -M virt)
+#   KERNEL_CACHE  where qemu/fetch-kernel keeps this architecture's kernel
+#                 (kernel/ for x86_64, as before; kernel-arm64/ for aarch64)
+ARCH=x86_64
+HOST_ARCH="$(uname -m)"
+set_arch() {
+    case "$1" in
+        x86_64 | amd64)
+            ARCH=x86_64 DEB_ARCH=amd64 RUST_TARGET=x86_64-unknown-linux-musl
+            QEMU_SYSTEM=qemu-system-x86_64 QEMU_PACKAGE=qemu-system-x86 CONSOLE_TTY=ttyS0
+            KERNEL_CACHE="$CACHE_ROOT/kernel"
+            ;;
+        aarch64 | arm64)
+            ARCH=aarch64 DEB_ARCH=arm64 RUST_TARGET=aarch64-unknown-linux-musl
+            QEMU_SYSTEM=qemu-system-aarch64 QEMU_PACKAGE=qemu-system-arm CONSOLE_TTY=ttyAMA0
+            KERNEL_CACHE="$CACHE_ROOT/kernel-arm64"
+            ;;
+        *) die "unknown architecture '$1' (accepted: x86_64 or amd64, aarch64 or arm64)" ;;
+    esac
+}
+set_arch x86_64
 # A rustup install whose bin directory is not on PATH (non-login shells, CI).
 if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
     PATH="$HOME/.cargo/bin:$PATH"
@@ -17,6 +45,8 @@ fi
 # The packages the demo and the QEMU tests need, and the command each one provides.
 NEEDED_TOOLS=(
     "qemu-system-x86:qemu-system-x86_64"
+    # The arm64 boots (qemu/run --arch aarch64) and the arm64 tests.
+    "qemu-system-arm:qemu-system-aarch64"
     "squashfs-tools:mksquashfs"
     "erofs-utils:mkfs.erofs"
     "busybox-static:busybox"
@@ -75,23 +105,26 @@ install_missing_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
 }
 
-# Prints the Rust target triple the init is built for: musl when rustup has (or can get) it,
-# otherwise the host's gnu target with a static C runtime.
+# Prints the Rust target triple the init is built for: $RUST_TARGET (musl) when rustup has (or
+# can get) it; for x86_64 without it, the host's gnu target with a static C runtime.
 init_target() {
-    if rustc --print target-libdir --target x86_64-unknown-linux-musl >/dev/null 2>&1 &&
-        [[ -d "$(rustc --print target-libdir --target x86_64-unknown-linux-musl)" ]]; then
-        echo x86_64-unknown-linux-musl
+    local libdir
+    if libdir="$(rustc --print target-libdir --target "$RUST_TARGET" 2>/dev/null)" &&
+        [[ -d "$libdir" ]]; then
+        echo "$RUST_TARGET"
         return
     fi
-    if command -v rustup >/dev/null && rustup target add x86_64-unknown-linux-musl >&2; then
-        echo x86_64-unknown-linux-musl
+    if command -v rustup >/dev/null && rustup target add "$RUST_TARGET" >&2; then
+        echo "$RUST_TARGET"
         return
     fi
+    [[ "$ARCH" == x86_64 ]] || die "the Rust target $RUST_TARGET is missing and rustup cannot add it (rustup target add $RUST_TARGET)"
     log "warning: no musl target; building for x86_64-unknown-linux-gnu with +crt-static"
     echo x86_64-unknown-linux-gnu
 }
 
-# Builds the release init and prints the path of the static binary.
+# Builds the release init for $ARCH and prints the path of the static binary. A foreign
+# target links with rust-lld (shipped with rustup; set in .cargo/config.toml): no cross gcc.
 build_init() {
     need_cmd cargo "install Rust from https://rustup.rs"
     local target
@@ -108,9 +141,73 @@ build_init() {
     echo "$dir/$target/release/overlay-init"
 }
 
+# Prints the path of a static busybox for $ARCH: the host's (busybox-static) for the host's
+# architecture; for another one, Debian's busybox-static:$DEB_ARCH fetched with apt-get download
+# and extracted with dpkg -x into $CACHE_ROOT/busybox-$DEB_ARCH (never installed over the host's).
+busybox_for_arch() {
+    if [[ "$ARCH" == "$HOST_ARCH" ]]; then
+        busybox_path
+        return
+    fi
+    local cache="$CACHE_ROOT/busybox-$DEB_ARCH" bb
+    bb="$cache/root/bin/busybox"
+    if [[ -x "$bb" ]]; then
+        echo "$bb"
+        return
+    fi
+    mkdir -p "$cache" || die "cannot create the cache $cache (run as root or set OVERLAY_INIT_CACHE)"
+    # Concurrent callers take turns; the second finds the first one's busybox.
+    exec 8>"$cache/.lock"
+    flock 8
+    if [[ -x "$bb" ]]; then
+        echo "$bb"
+        return
+    fi
+    add_foreign_arch
+    (cd "$cache" && apt_download "busybox-static:$DEB_ARCH")
+    local deb
+    deb="$(ls -t "$cache"/busybox-static_*_"$DEB_ARCH".deb | head -n1)"
+    rm -rf "$cache/root.new"
+    dpkg -x "$deb" "$cache/root.new"
+    rm -rf "$cache/root"
+    mv "$cache/root.new" "$cache/root"
+    [[ -x "$bb" ]] || die "no bin/busybox in $deb"
+    echo "$bb"
+}
+
+# Lets apt-get download packages of $DEB_ARCH (dpkg --add-architecture, then apt-get update).
+add_foreign_arch() {
+    [[ "$DEB_ARCH" == "$(dpkg --print-architecture)" ]] && return 0
+    # No grep -q on a pipe: under pipefail, dpkg's SIGPIPE would read as "not added".
+    [[ " $(dpkg --print-foreign-architectures | tr '\n' ' ') " == *" $DEB_ARCH "* ]] && return 0
+    [[ "$(id -u)" == 0 ]] || die "Debian packages for $DEB_ARCH are not available; run as root (dpkg --add-architecture $DEB_ARCH && apt-get update)"
+    log "adding the $DEB_ARCH architecture to dpkg and updating the package lists"
+    dpkg --add-architecture "$DEB_ARCH"
+    apt-get update -qq >&2
+}
+
+# apt-get download PACKAGE into the current directory, with one apt-get update on failure.
+apt_download() {
+    if ! apt-get download -qq "$1" >&2 2>/dev/null; then
+        [[ "$(id -u)" == 0 ]] || die "apt-get download $1 failed; run 'apt-get update' as root and retry"
+        log "apt-get download $1 failed; running apt-get update once"
+        apt-get update -qq >&2
+        apt-get download -qq "$1" >&2 || die "apt-get download $1 failed"
+    fi
+}
+
+# Where qemu/demo builds and qemu/run finds the demo of $ARCH (unless OVERLAY_INIT_DEMO says).
+default_demo_dir() {
+    if [[ "$ARCH" == x86_64 ]]; then
+        echo "$REPO_DIR/target/demo"
+    else
+        echo "$REPO_DIR/target/demo-$ARCH"
+    fi
+}
+
 # Prints two lines: the vmlinuz path and the module tree path of the cached kernel.
 kernel_paths() {
-    "$QEMU_DIR/fetch-kernel"
+    "$QEMU_DIR/fetch-kernel" --arch "$ARCH"
 }
 
 # A digest of files and strings, used as a cache key.
@@ -145,7 +242,7 @@ build_boot_artifacts() {
         -o "$outdir/initramfs.cpio.gz.tmp" >&2
     mv "$outdir/initramfs.cpio.gz.tmp" "$outdir/initramfs.cpio.gz"
     # The init also goes into the root, for router mode (init=/sbin/overlay-init).
-    "$QEMU_DIR/build-demo" --add "$outdir/overlay-init:/sbin/overlay-init" "$outdir"
+    "$QEMU_DIR/build-demo" --arch "$ARCH" --add "$outdir/overlay-init:/sbin/overlay-init" "$outdir"
 }
 
 # One line saying how a guest booted by qemu/run ended, for every exit status qemu/run has

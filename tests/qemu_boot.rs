@@ -11,7 +11,13 @@ use common::*;
 
 /// A test-init script on the demo root, with a tmpfs upper unless `extra` says otherwise.
 fn boot_with(disks: Vec<Disk>, extra: &str, script: &str) -> BootResult {
+    boot_on(Arch::X86_64, disks, extra, script)
+}
+
+/// [`boot_with`] on `arch`.
+fn boot_on(arch: Arch, disks: Vec<Disk>, extra: &str, script: &str) -> BootResult {
     boot(&BootSpec {
+        arch,
         append: format!("root=/dev/vda {extra} {}", test_init_args(script)),
         disks,
 
@@ -100,20 +106,42 @@ fn erofs_lower_with_explicit_rootfstype() {
 
 #[test]
 fn ext4_upper_persists_across_boots_in_overlay_upper() {
-    let a = artifacts();
+    ext4_upper_persists(Arch::X86_64);
+}
+
+#[test]
+fn ext4_upper_persists_across_boots_in_overlay_upper_aarch64() {
+    ext4_upper_persists(Arch::Aarch64);
+}
+
+fn ext4_upper_persists(arch: Arch) {
+    let a = artifacts_for(arch);
     let scratch = Scratch::new("boot-persist");
     let upper = fresh_copy(&a.upper_ext4, &scratch, "upper.ext4");
     let disks = || vec![Disk::ro(&a.root_sqsh), Disk::rw(&upper)];
 
-    let first = boot_with(
+    let first = boot_on(
+        arch,
         disks(),
         "ovl.upper=/dev/vdb",
-        &format!("{SHOW_MOUNTS}; echo boot-one > /root/kept; sync"),
+        &format!("{SHOW_MOUNTS}; echo MACHINE=$(uname -m); echo boot-one > /root/kept; sync"),
     );
     assert_test_passed(&first);
     assert_output(&first, "MOUNT /overlay ext4");
+    // The guest really is `arch` (uname -m names the machine as Arch::name does).
+    assert_eq!(
+        first.output_values("MACHINE="),
+        [arch.name()],
+        "not an {} guest\n{first:?}",
+        arch.name()
+    );
 
-    let second = boot_with(disks(), "ovl.upper=/dev/vdb", "echo KEPT=$(cat /root/kept)");
+    let second = boot_on(
+        arch,
+        disks(),
+        "ovl.upper=/dev/vdb",
+        "echo KEPT=$(cat /root/kept)",
+    );
     assert_test_passed(&second);
     assert_output(&second, "KEPT=boot-one");
 
@@ -126,6 +154,30 @@ fn ext4_upper_persists_across_boots_in_overlay_upper() {
     assert!(
         top.iter().any(|n| n == "work"),
         "no work/ on the upper: {top:?}"
+    );
+}
+
+/// The arm64 initramfs's default module set carries both virtio transports of QEMU's virt
+/// board: a root on a virtio-mmio slot (`-device virtio-blk-device`, what most arm64 guides
+/// use) boots as well as the virtio-blk-pci disks of the other tests.
+#[test]
+fn aarch64_root_on_a_virtio_mmio_disk() {
+    let a = artifacts_for(Arch::Aarch64);
+    let mut lower = Disk::ro(&a.root_sqsh);
+    lower.mmio = true;
+    let result = boot_on(
+        Arch::Aarch64,
+        vec![lower],
+        "",
+        &format!("{SHOW_MOUNTS}; {LIST_MODULES}; echo DRIVER=$(basename $(readlink /sys/block/vda/device/driver))"),
+    );
+    assert_test_passed(&result);
+    assert_output(&result, "MOUNT /rom squashfs");
+    assert_output(&result, "DRIVER=virtio_blk");
+    let modules = loaded_modules(&result);
+    assert!(
+        modules.contains(&"virtio_mmio"),
+        "virtio_mmio not loaded: {modules:?}"
     );
 }
 

@@ -27,7 +27,12 @@ struct GptDisk {
 }
 
 fn gpt_disk(scratch: &Scratch) -> GptDisk {
-    let artifacts = artifacts();
+    gpt_disk_for(Arch::X86_64, scratch)
+}
+
+/// [`gpt_disk`] with the demo root of `arch`.
+fn gpt_disk_for(arch: Arch, scratch: &Scratch) -> GptDisk {
+    let artifacts = artifacts_for(arch);
     let data_image = scratch.join("data.ext4");
     make_ext4(&data_image, 32, None, &["-L", DATA_LABEL, "-U", DATA_UUID]);
     let root_mib = std::fs::metadata(&artifacts.root_sqsh)
@@ -191,11 +196,21 @@ fn kernel_time_of(result: &BootResult, text: &str) -> Option<f64> {
 /// failure names the spec and lists the devices it saw with their names and ids.
 #[test]
 fn missing_label_fails_after_the_timeout_listing_the_devices_seen() {
+    missing_label_fails_after_the_timeout(Arch::X86_64);
+}
+
+#[test]
+fn missing_label_fails_after_the_timeout_listing_the_devices_seen_aarch64() {
+    missing_label_fails_after_the_timeout(Arch::Aarch64);
+}
+
+fn missing_label_fails_after_the_timeout(arch: Arch) {
     const TIMEOUT_SECS: u32 = 3;
     let scratch = Scratch::new("devices-missing");
-    let disk = gpt_disk(&scratch);
+    let disk = gpt_disk_for(arch, &scratch);
 
     let result = boot(&BootSpec {
+        arch,
         append: format!(
             // loglevel=8: the kernel echoes (and timestamps) the init's debug lines too.
             "root=LABEL=no_such_label ovl.timeout={TIMEOUT_SECS} ovl.onfail=halt ovl.debug loglevel=8 {}",

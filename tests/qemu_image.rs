@@ -45,7 +45,13 @@ fn disk_with(scratch: &Scratch, partition: &Path, size_mib: u64) -> PathBuf {
 }
 
 fn image_boot(disk: &Path, extra: &str, script: &str) -> BootResult {
+    image_boot_on(Arch::X86_64, disk, extra, script)
+}
+
+/// [`image_boot`] on `arch`.
+fn image_boot_on(arch: Arch, disk: &Path, extra: &str, script: &str) -> BootResult {
     boot(&BootSpec {
+        arch,
         append: format!("root=LABEL=images {extra} {}", test_init_args(script)),
         disks: vec![Disk::ro(disk)],
 
@@ -55,7 +61,16 @@ fn image_boot(disk: &Path, extra: &str, script: &str) -> BootResult {
 
 #[test]
 fn image_file_squashfs_on_ext4_partition_by_label_with_file_lower() {
-    let a = artifacts();
+    image_file_squashfs_with_file_lower(Arch::X86_64);
+}
+
+#[test]
+fn image_file_squashfs_on_ext4_partition_by_label_with_file_lower_aarch64() {
+    image_file_squashfs_with_file_lower(Arch::Aarch64);
+}
+
+fn image_file_squashfs_with_file_lower(arch: Arch) {
+    let a = artifacts_for(arch);
     let scratch = Scratch::new("image-sqsh");
     let extra = extra_lower_image(&scratch);
     let holding = holding_partition(
@@ -68,7 +83,8 @@ fn image_file_squashfs_on_ext4_partition_by_label_with_file_lower() {
     );
     let disk = disk_with(&scratch, &holding, 32);
 
-    let result = image_boot(
+    let result = image_boot_on(
+        arch,
         &disk,
         "ovl.image=/images/root.sqsh ovl.lower=/images/extra.sqsh",
         &format!(

@@ -12,13 +12,19 @@ use common::*;
 /// script runs `overlay-init mark-good` first, as a system that booted fine
 /// does, so four boots in a row stay clear of the boot-loop failsafe.
 fn boot_upper(upper: &std::path::Path, extra: &str, script: &str) -> BootResult {
-    let a = artifacts();
+    boot_upper_on(Arch::X86_64, upper, extra, script)
+}
+
+/// [`boot_upper`] on `arch`.
+fn boot_upper_on(arch: Arch, upper: &std::path::Path, extra: &str, script: &str) -> BootResult {
+    let a = artifacts_for(arch);
     let script = &format!("/sbin/overlay-init mark-good; {script}");
     let result = boot(&BootSpec {
         append: format!(
             "root=/dev/vda ovl.upper=/dev/vdb {extra} {}",
             test_init_args(script)
         ),
+        arch,
         disks: vec![Disk::ro(&a.root_sqsh), Disk::rw(upper)],
 
         ..Default::default()
@@ -52,17 +58,27 @@ fn assert_factory_state(result: &BootResult) {
 
 #[test]
 fn reset_from_the_kernel_command_line() {
-    let scratch = Scratch::new("reset-cmdline");
-    let upper = fresh_copy(&artifacts().upper_ext4, &scratch, "upper.ext4");
+    reset_from_the_command_line(Arch::X86_64);
+}
 
-    let first = boot_upper(
+#[test]
+fn reset_from_the_kernel_command_line_aarch64() {
+    reset_from_the_command_line(Arch::Aarch64);
+}
+
+fn reset_from_the_command_line(arch: Arch) {
+    let scratch = Scratch::new("reset-cmdline");
+    let upper = fresh_copy(&artifacts_for(arch).upper_ext4, &scratch, "upper.ext4");
+
+    let first = boot_upper_on(
+        arch,
         &upper,
         "",
         &format!("{FILL}; echo HIDDEN=$(cat /root/.hidden)"),
     );
     assert_output(&first, "HIDDEN=dot");
 
-    let second = boot_upper(&upper, "ovl.reset", CHECK);
+    let second = boot_upper_on(arch, &upper, "ovl.reset", CHECK);
     assert_factory_state(&second);
     assert_marker(
         &second,
@@ -71,7 +87,8 @@ fn reset_from_the_kernel_command_line() {
 
     // Boot 3, without ovl.reset, keeps what it writes; the old upper, removed
     // in the background, is gone once `reset --finish` returns.
-    let third = boot_upper(
+    let third = boot_upper_on(
+        arch,
         &upper,
         "",
         "echo three > /root/three; /sbin/overlay-init reset --finish; \
@@ -82,7 +99,7 @@ fn reset_from_the_kernel_command_line() {
         third.output_values("TRASH=").is_empty(),
         "trash left after reset --finish\n{third:?}"
     );
-    let fourth = boot_upper(&upper, "", "echo GOT=$(cat /root/three)");
+    let fourth = boot_upper_on(arch, &upper, "", "echo GOT=$(cat /root/three)");
     assert_output(&fourth, "GOT=three");
 }
 

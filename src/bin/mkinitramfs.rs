@@ -5,7 +5,7 @@
 //! Usually run through `initramfs/build`, which builds this binary first.
 
 use anyhow::{bail, Context, Result};
-use overlay_init::initramfs::{self, resolve::DEFAULT_MODULES, BuildRequest};
+use overlay_init::initramfs::{self, arch, BuildRequest};
 use std::path::PathBuf;
 
 const USAGE: &str = "\
@@ -17,7 +17,8 @@ usage: mkinitramfs [--init PATH] --modules DIR [--module NAME]... [--no-default-
                           target/x86_64-unknown-linux-gnu/release/overlay-init)
   --modules DIR           a kernel module tree (.../lib/modules/VERSION)
   --module NAME           another module to include with its dependencies (repeatable)
-  --no-default-modules    leave out the default set (virtio_pci virtio_blk squashfs erofs overlay loop)
+  --no-default-modules    leave out the default set (virtio_pci virtio_blk squashfs erofs overlay loop;
+                          for an aarch64 init also virtio_mmio, the other virtio transport of QEMU virt)
   --keep-compressed       store .ko.xz/.ko.zst/.ko.gz modules as they are, for a kernel with
                           CONFIG_MODULE_DECOMPRESS (5.17+); by default they are stored decompressed
   --file SRC:DEST         put the file SRC at DEST in the initramfs, keeping its mode (repeatable)
@@ -109,7 +110,15 @@ fn run() -> Result<()> {
     };
     let mut module_names: Vec<String> = Vec::new();
     if options.default_modules {
-        module_names.extend(DEFAULT_MODULES.iter().map(|name| name.to_string()));
+        // The default set depends on the init's architecture (see arch::default_modules).
+        let init_arch = std::fs::read(&init)
+            .ok()
+            .and_then(|bytes| arch::ElfArch::of(&bytes));
+        module_names.extend(
+            arch::default_modules(init_arch)
+                .iter()
+                .map(|name| name.to_string()),
+        );
     }
     module_names.extend(options.extra_modules);
     let files = options

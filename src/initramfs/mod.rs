@@ -3,6 +3,7 @@
 //! [`assemble`] is pure (bytes in, archive out); [`build`] reads the inputs from disk
 //! for the `mkinitramfs` binary.
 
+pub mod arch;
 pub mod cpio;
 pub mod decompress;
 pub mod modinfo;
@@ -136,6 +137,8 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
 pub fn build(request: &BuildRequest) -> Result<BuildOutput> {
     let init = read(&request.init, "the init binary")?;
     let init_size = init.len() as u64;
+    // An init that is not ELF (a script) says nothing about the architecture.
+    let init_arch = arch::ElfArch::of(&init);
     let mut tree = tree::FsModuleTree::open(&request.module_tree)?;
     let resolution = resolve::resolve(&mut tree, &request.module_names)
         .with_context(|| format!("resolving modules in {}", request.module_tree.display()))?;
@@ -159,6 +162,22 @@ pub fn build(request: &BuildRequest) -> Result<BuildOutput> {
             let name = decompress::uncompressed_file_name(&source_name).to_string();
             (name, tree::read_module(&module.path)?)
         };
+        if let Some(init_arch) = init_arch {
+            let decompressed;
+            let elf = if file_name.ends_with(".ko") {
+                &data
+            } else {
+                decompressed = tree::read_module(&module.path)?;
+                &decompressed
+            };
+            arch::check_module(
+                &request.init,
+                init_arch,
+                &request.module_tree,
+                &module.name,
+                elf,
+            )?;
+        }
         module_sizes.push((module.name.clone(), data.len() as u64));
         modules.push(ModuleBlob {
             name: module.name.clone(),

@@ -12,9 +12,20 @@ use std::io::Read;
 /// a failure is a failure with the script's own message, never a skip.
 fn real_tree() -> PathBuf {
     static TREE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-    let tree = TREE.get_or_init(|| {
+    fetched_tree(&TREE, "x86_64")
+}
+
+/// [`real_tree`] of Debian's arm64 cloud kernel (`qemu/fetch-kernel --arch arm64`).
+fn real_arm64_tree() -> PathBuf {
+    static TREE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    fetched_tree(&TREE, "arm64")
+}
+
+fn fetched_tree(cell: &std::sync::OnceLock<Result<PathBuf, String>>, arch: &str) -> PathBuf {
+    let tree = cell.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("qemu/fetch-kernel");
         let output = std::process::Command::new(&script)
+            .args(["--arch", arch])
             .stderr(std::process::Stdio::inherit())
             .output()
             .map_err(|err| format!("cannot run {}: {err}", script.display()))?;
@@ -575,6 +586,71 @@ fn corrupt_or_truncated_compressed_module_is_an_error_naming_the_file() {
     let error = format!("{:#}", build(&compressed.request(false)).unwrap_err());
     assert!(
         error.contains(&overlay.display().to_string()) && error.contains("truncated"),
+        "{error}"
+    );
+}
+
+/// A file that is only an ELF header for `machine` (64-bit little-endian): the init's
+/// architecture is all the builder reads of it.
+fn elf_header_file(dir: &TempDir, name: &str, machine: u16) -> PathBuf {
+    let mut bytes = b"\x7fELF\x02\x01\x01".to_vec();
+    bytes.resize(0x10, 0);
+    bytes.extend(2u16.to_le_bytes()); // ET_EXEC
+    bytes.extend(machine.to_le_bytes());
+    bytes.resize(64, 0);
+    let path = dir.0.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn arm64_tree_builds_with_an_arm64_init_and_is_refused_with_an_x86_64_one() {
+    let tree = real_arm64_tree();
+    let dir = TempDir::new("arch");
+    let request = |init: PathBuf| BuildRequest {
+        init,
+        module_tree: tree.clone(),
+        module_names: defaults(),
+        files: Vec::new(),
+        keep_compressed: false,
+    };
+    let arm64_init = elf_header_file(&dir, "init-aarch64", arch::EM_AARCH64);
+    let built = build(&request(arm64_init)).unwrap();
+    let names: Vec<&str> = built
+        .resolution
+        .modules
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    for needed in ["virtio_pci", "virtio_blk", "squashfs", "overlay", "loop"] {
+        assert!(names.contains(&needed), "{needed} missing: {names:?}");
+    }
+
+    let x86_init = elf_header_file(&dir, "init-x86_64", arch::EM_X86_64);
+    let error = format!("{:#}", build(&request(x86_init.clone())).unwrap_err());
+    assert!(
+        error.contains(&format!(
+            "the module tree {} is for aarch64 (64-bit little-endian)",
+            tree.display()
+        )) && error.contains(&format!(
+            "but the init {} is for x86_64 (64-bit little-endian)",
+            x86_init.display()
+        )),
+        "{error}"
+    );
+    // And the other way round, on the x86_64 tree.
+    let arm64_init = elf_header_file(&dir, "init-aarch64", arch::EM_AARCH64);
+    let error = format!(
+        "{:#}",
+        build(&BuildRequest {
+            module_tree: real_tree(),
+            ..request(arm64_init)
+        })
+        .unwrap_err()
+    );
+    assert!(
+        error.contains("is for x86_64 (64-bit little-endian)")
+            && error.contains("is for aarch64 (64-bit little-endian)"),
         "{error}"
     );
 }

@@ -31,8 +31,9 @@ const LOOP_SET_STATUS64: Opcode = 0x4C04;
 const LOOP_SET_DIRECT_IO: Opcode = 0x4C08;
 const LOOP_CONFIGURE: Opcode = 0x4C0A;
 const LOOP_CTL_GET_FREE: Opcode = 0x4C82;
-/// `_IO(0x12, 94)`: read the block device's read-only flag into an `int`.
-const BLKROGET: Opcode = 0x125E;
+/// `_IO(0x12, 94)`: read the block device's read-only flag into an `int`. Encoded by rustix
+/// for the target: 0x125E on x86 and arm, with a direction bit on mips, powerpc and sparc.
+const BLKROGET: Opcode = ioctl::opcode::none(0x12, 94);
 
 const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
@@ -496,6 +497,12 @@ pub fn attach_image(path: &Path) -> anyhow::Result<LoopDevice> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm"))]
+    fn blkroget_is_the_value_of_linux_fs_h_on_x86_and_arm() {
+        assert_eq!(BLKROGET, 0x125E);
+    }
 
     #[test]
     fn parses_sysfs_dev_attribute() {

@@ -11,6 +11,10 @@
 //!
 //! Guest markers: `/sbin/test-init` in the demo root prints `OVLTEST: pid=.. args=..`, runs
 //! the command given after `--` on the kernel command line, then `OVLTEST: exit=N`.
+//!
+//! Architectures: every boot is x86_64 unless its [`BootSpec::arch`] says [`Arch::Aarch64`];
+//! a test shared by both takes an `Arch` and has one `#[test]` per architecture
+//! ([`kernel_for`], [`artifacts_for`] give that architecture's kernel and artifacts).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -41,6 +45,32 @@ pub const VIRTIO_BLK_MODULES: &[&str] = &[
     "virtio_blk",
 ];
 
+/// The guest architecture: the init, the initramfs, the demo root, the kernel and QEMU all
+/// follow it (`qemu/* --arch NAME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Arch {
+    #[default]
+    X86_64,
+    /// `qemu-system-aarch64 -machine virt -cpu cortex-a57`, Debian's arm64 cloud kernel.
+    Aarch64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::Aarch64];
+
+    /// The name the scripts take after `--arch`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 pub fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -68,9 +98,18 @@ pub struct Kernel {
 
 /// The cached Debian kernel (`qemu/fetch-kernel`), fetched at most once per process.
 pub fn kernel() -> &'static Kernel {
-    static KERNEL: OnceLock<Result<Kernel, String>> = OnceLock::new();
-    let result = KERNEL.get_or_init(|| {
-        let output = run_tool(Command::new(repo_dir().join("qemu/fetch-kernel")))?;
+    kernel_for(Arch::X86_64)
+}
+
+/// The cached Debian kernel of `arch` (`qemu/fetch-kernel --arch`), fetched at most once per
+/// process and architecture.
+pub fn kernel_for(arch: Arch) -> &'static Kernel {
+    static KERNEL: [OnceLock<Result<Kernel, String>>; Arch::ALL.len()] =
+        [const { OnceLock::new() }; Arch::ALL.len()];
+    let result = KERNEL[arch.index()].get_or_init(|| {
+        let mut command = Command::new(repo_dir().join("qemu/fetch-kernel"));
+        command.args(["--arch", arch.name()]);
+        let output = run_tool(command)?;
         parse_kernel_paths(&output)
     });
     match result {
@@ -136,11 +175,21 @@ pub struct Artifacts {
 /// Builds the init, the initramfs and the demo disks once per test process (later calls wait
 /// for the first and share its result).
 pub fn artifacts() -> &'static Artifacts {
-    static ARTIFACTS: OnceLock<Result<Artifacts, String>> = OnceLock::new();
-    let result = ARTIFACTS.get_or_init(|| {
-        let dir = work_dir();
+    artifacts_for(Arch::X86_64)
+}
+
+/// [`artifacts`] for `arch`: x86_64's in `target/qemu-test`, another architecture's in
+/// `target/qemu-test/ARCH` (its init cross-built, its busybox from Debian's archive).
+pub fn artifacts_for(arch: Arch) -> &'static Artifacts {
+    static ARTIFACTS: [OnceLock<Result<Artifacts, String>>; Arch::ALL.len()] =
+        [const { OnceLock::new() }; Arch::ALL.len()];
+    let result = ARTIFACTS[arch.index()].get_or_init(|| {
+        let dir = match arch {
+            Arch::X86_64 => work_dir(),
+            other => work_dir().join(other.name()),
+        };
         let mut command = Command::new(repo_dir().join("qemu/prepare-test-artifacts"));
-        command.arg(&dir);
+        command.args(["--arch", arch.name()]).arg(&dir);
         let output = run_tool(command)?;
         Ok(Artifacts {
             init: dir.join("overlay-init"),
@@ -299,6 +348,9 @@ pub struct Disk {
     pub path: PathBuf,
     pub readonly: bool,
     pub serial: Option<String>,
+    /// Attached as `virtio-blk-device` on a virtio-mmio slot of aarch64's virt board, instead
+    /// of `virtio-blk-pci` (`qemu/run --disk PATH,mmio`).
+    pub mmio: bool,
 }
 
 impl Disk {
@@ -307,6 +359,7 @@ impl Disk {
             path: path.into(),
             readonly: false,
             serial: None,
+            mmio: false,
         }
     }
 
@@ -315,6 +368,7 @@ impl Disk {
             path: path.into(),
             readonly: true,
             serial: None,
+            mmio: false,
         }
     }
 
@@ -325,6 +379,9 @@ impl Disk {
         }
         if let Some(serial) = &self.serial {
             spec.push_str(&format!(",serial={serial}"));
+        }
+        if self.mmio {
+            spec.push_str(",mmio");
         }
         spec
     }
@@ -359,11 +416,16 @@ pub enum Action {
 
 #[derive(Debug, Clone)]
 pub struct BootSpec {
-    /// Kernel parameters after `console=ttyS0 panic=-1 no_timer_check`.
+    /// The guest architecture; the defaults below (kernel, initramfs) follow it.
+    pub arch: Arch,
+    /// Kernel parameters after `console=TTY panic=-1` (ttyS0 on x86_64, with no_timer_check;
+    /// ttyAMA0 on aarch64).
     pub append: String,
     /// vda, vdb, ... in order.
     pub disks: Vec<Disk>,
-    /// Hard bound for the whole boot (scaled by `OVL_QEMU_TIMEOUT_SCALE`).
+    /// Hard bound for the whole boot (scaled by `OVL_QEMU_TIMEOUT_SCALE`). The same on every
+    /// architecture: an aarch64 boot (virt, no firmware) takes no longer under TCG than an
+    /// x86_64 one (pc, SeaBIOS) here.
     pub timeout: Duration,
     pub initrd: Initrd,
     /// Default: the cached Debian kernel.
@@ -378,6 +440,7 @@ pub struct BootSpec {
 impl Default for BootSpec {
     fn default() -> BootSpec {
         BootSpec {
+            arch: Arch::X86_64,
             append: String::new(),
             disks: Vec::new(),
             timeout: BOOT_TIMEOUT,
@@ -604,15 +667,18 @@ pub fn boot(spec: &BootSpec) -> BootResult {
     let timeout = spec.timeout.mul_f64(timeout_scale());
     let mut command = Command::new(repo_dir().join("qemu/run"));
     command
+        .args(["--arch", spec.arch.name()])
         .arg("--headless")
         .arg("--timeout")
         .arg(format!("{:.1}", timeout.as_secs_f64()));
     match &spec.kernel {
         Some(path) => command.arg("--kernel").arg(path),
-        None => command.arg("--kernel").arg(&kernel().vmlinuz),
+        None => command.arg("--kernel").arg(&kernel_for(spec.arch).vmlinuz),
     };
     match &spec.initrd {
-        Initrd::Default => command.arg("--initrd").arg(&artifacts().initramfs),
+        Initrd::Default => command
+            .arg("--initrd")
+            .arg(&artifacts_for(spec.arch).initramfs),
         Initrd::Path(path) => command.arg("--initrd").arg(path),
         Initrd::None => command.arg("--no-initrd"),
     };
