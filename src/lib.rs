@@ -5,7 +5,6 @@
 //! unit tests can reach; only `sys` talks to the kernel.
 
 pub mod boot;
-pub mod boot_router;
 pub mod bootcount;
 pub mod cli;
 pub mod cmdline;
@@ -27,7 +26,6 @@ pub mod switch;
 pub mod sys;
 pub mod timeline;
 pub mod uevent;
-pub mod upper;
 
 #[cfg(test)]
 mod test_rng;

@@ -10,15 +10,10 @@
 //! the API filesystems move along, and the staging tmpfs — now at `/rom/tmp`
 //! — is detached, so `/rom` shows the squashfs exactly as it is.
 //!
-//! How the boot path strings these together:
-//!
-//! 1. `detect_boot_mode()` after /proc is mounted → [`BootMode::Router`];
-//! 2. [`prepare_staging`] → an [`overlay::Staging`] whose dir is the tmpfs;
-//! 3. the upper (tmpfs or device, reset, failsafe, fallbacks) and extra
-//!    lowers at `staging.upper_fs()` / `staging.extra_lower(n)` as usual;
-//! 4. the overlay on `staging.root()` with lowers [`lowers`] (`/` first);
-//! 5. [`move_upper_into_root`], then `check_init` with [`real_init`];
-//! 6. [`pivot_into_overlay`], reopen the console, exec the real init.
+//! The boot's one sequence (`crate::boot::sequence`) uses these in
+//! `RootMode::KernelRoot`: [`prepare_staging`] (a [`Staging`] whose dir is the
+//! tmpfs), lowers [`lowers`] (`/` first), [`move_upper_into_root`],
+//! [`real_init`], [`move_api_mounts`] and [`pivot_into_new_root`].
 
 use std::path::{Path, PathBuf};
 
@@ -169,7 +164,7 @@ pub fn choose_staging_dir(
 /// OpenWrt images have no `/run` to mount on.
 pub fn keep_dir(staging_dir: &Path, run_is_mounted: bool) -> PathBuf {
     if run_is_mounted {
-        PathBuf::from(crate::boot::KEEP_DIR)
+        PathBuf::from(crate::boot::initramfs::KEEP_DIR)
     } else {
         staging_dir.join("keep")
     }
@@ -236,10 +231,9 @@ pub fn real_init(config: &Config, argv0: &str) -> Result<String> {
     Ok(init.to_string())
 }
 
-/// The point of no return: move the API filesystems (those of `api_mounts`
-/// that are mounted) into the new root, pivot_root into it with the old root
-/// at `/rom`, and detach the staging tmpfs from under `/rom`.
-pub fn pivot_into_overlay(staging: &Staging, api_mounts: &[&str]) -> Result<()> {
+/// Move the API filesystems (those of `api_mounts` that are mounted) into
+/// the new root. `/` is made private first: pivot_root refuses shared mounts.
+pub fn move_api_mounts(staging: &Staging, api_mounts: &[&str]) -> Result<()> {
     let root = staging.root();
     // pivot_root refuses shared mounts; a kernel-mounted root normally is
     // private already, but nothing before us promised that.
@@ -253,7 +247,13 @@ pub fn pivot_into_overlay(staging: &Staging, api_mounts: &[&str]) -> Result<()> 
         let inside = root.join(relative(target));
         move_mount(target, &inside)?;
     }
-    sys::pivot::pivot_root(&root, OLD_ROOT)?;
+    Ok(())
+}
+
+/// The point of no return: pivot_root into the new root with the old root
+/// at `/rom`, and detach the staging tmpfs from under `/rom`.
+pub fn pivot_into_new_root(staging: &Staging) -> Result<()> {
+    sys::pivot::pivot_root(&staging.root(), OLD_ROOT)?;
     let old_staging = Path::new("/").join(OLD_ROOT).join(relative(&staging.dir));
     // Lazy: the overlay keeps its own private references to the extra lowers
     // mounted in there.
