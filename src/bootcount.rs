@@ -7,7 +7,6 @@
 //! fsync of the directory), so a power cut leaves the old or the new count.
 //! A missing file is 0; `mark-good` removes it (durably).
 
-use std::ffi::CStr;
 use std::os::fd::AsFd;
 use std::path::Path;
 
@@ -15,13 +14,12 @@ use anyhow::{Context, Result};
 
 use crate::sys::wipe;
 
-const STATE_DIR: &CStr = c".overlay-init";
-const COUNTER: &CStr = c"bootcount";
+use crate::layout::{BOOTCOUNT_C as COUNTER, STATE_DIR_C as STATE_DIR};
 const DIR_MODE: u32 = 0o700;
 
 /// The counter's path on the upper's filesystem.
 pub fn counter_path(upper_root: &Path) -> std::path::PathBuf {
-    upper_root.join(".overlay-init").join("bootcount")
+    crate::layout::bootcount_path(upper_root)
 }
 
 /// The file's contents for a count.
@@ -64,7 +62,9 @@ pub fn read(upper_root: &Path) -> Result<u32> {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Ok(0),
         Err(e) => {
-            return Err(e).with_context(|| format!("open {}/.overlay-init", upper_root.display()))
+            return Err(e).with_context(|| {
+                format!("open {}", crate::layout::state_dir(upper_root).display())
+            })
         }
     };
     let path = counter_path(upper_root);
@@ -89,7 +89,7 @@ pub fn increment(upper_root: &Path) -> Result<u32> {
     let path = counter_path(upper_root);
     let root = wipe::open_dir(upper_root)?;
     let (state, created) = wipe::ensure_dir_at(root.as_fd(), STATE_DIR, DIR_MODE)
-        .with_context(|| format!("create {}/.overlay-init", upper_root.display()))?;
+        .with_context(|| format!("create {}", crate::layout::state_dir(upper_root).display()))?;
     if created {
         wipe::fsync_dir(root.as_fd(), "upper root")?;
     }
@@ -107,7 +107,9 @@ pub fn clear(upper_root: &Path) -> Result<u32> {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Ok(cleared),
         Err(e) => {
-            return Err(e).with_context(|| format!("open {}/.overlay-init", upper_root.display()))
+            return Err(e).with_context(|| {
+                format!("open {}", crate::layout::state_dir(upper_root).display())
+            })
         }
     };
     let path = counter_path(upper_root);

@@ -14,6 +14,7 @@ pub mod fail;
 pub mod failsafe;
 pub mod fstype;
 pub mod initramfs;
+pub mod layout;
 pub mod logger;
 pub mod lower;
 pub mod modindex;

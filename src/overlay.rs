@@ -9,6 +9,7 @@ use rustix::mount::MountFlags;
 
 use crate::cmdline::TmpfsSize;
 use crate::fstype::FsType;
+use crate::layout;
 use crate::sys::mount::{is_read_only, mount_fs, move_mount};
 
 /// Where the pieces are assembled before they move into the new root.
@@ -31,19 +32,19 @@ impl Staging {
     }
     /// The main lower; becomes `/rom`.
     pub fn rom(&self) -> PathBuf {
-        self.dir.join("rom")
+        self.dir.join(layout::ROM_NAME)
     }
     /// Extra lower number `n` (0-based, in `ovl.lower=` order).
     pub fn extra_lower(&self, n: usize) -> PathBuf {
-        self.keep_dir.join(format!("lower{n}"))
+        self.keep_dir.join(layout::extra_lower_name(n))
     }
     /// The filesystem holding the `ovl.image=` file (`root=`).
     pub fn image_host(&self) -> PathBuf {
-        self.keep_dir.join("image-host")
+        self.keep_dir.join(layout::IMAGE_HOST)
     }
     /// The upper's filesystem; becomes `/overlay`.
     pub fn upper_fs(&self) -> PathBuf {
-        self.dir.join("overlay")
+        self.dir.join(layout::OVERLAY_NAME)
     }
     /// The overlay mount: the new root.
     pub fn root(&self) -> PathBuf {
@@ -53,10 +54,7 @@ impl Staging {
 
 /// `upper/` and `work/` inside the upper's filesystem (the layout is the reset's).
 pub fn upper_dirs(upper_fs: &Path) -> (PathBuf, PathBuf) {
-    (
-        crate::reset::upperdir(upper_fs),
-        crate::reset::workdir(upper_fs),
-    )
+    (layout::upperdir(upper_fs), layout::workdir(upper_fs))
 }
 
 /// The overlayfs mount data. Lowers are listed topmost first: the main lower,
@@ -168,8 +166,8 @@ pub fn check_writable(root: &Path) -> Result<()> {
 /// Move the main lower to `/rom` and the upper's filesystem to `/overlay` inside the new root.
 pub fn move_layers_into_root(staging: &Staging) -> Result<()> {
     let root = staging.root();
-    move_mount(&staging.rom(), &root.join("rom"))?;
-    move_mount(&staging.upper_fs(), &root.join("overlay"))?;
+    move_mount(&staging.rom(), &root.join(layout::ROM_NAME))?;
+    move_mount(&staging.upper_fs(), &root.join(layout::OVERLAY_NAME))?;
     Ok(())
 }
 

@@ -27,11 +27,10 @@ use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::sys::wipe::{self, Swap, WipeReport};
 
-const UPPER: &CStr = c"upper";
-const WORK: &CStr = c"work";
-const STATE_DIR: &CStr = c".overlay-init";
-const REQUEST: &CStr = c"reset-request";
-const TRASH: &CStr = c"trash";
+use crate::layout::{
+    RESET_REQUEST_C as REQUEST, STATE_DIR_C as STATE_DIR, TRASH_C as TRASH, UPPER_C as UPPER,
+    WORK_C as WORK,
+};
 /// Names used only when the filesystem cannot `RENAME_EXCHANGE`.
 const UPPER_ASIDE: &CStr = c"upper.old";
 const WORK_ASIDE: &CStr = c"work.old";
@@ -39,22 +38,22 @@ const DIR_MODE: u32 = 0o755;
 
 /// The overlay's `upperdir` on the upper's filesystem.
 pub fn upperdir(upper_root: &Path) -> PathBuf {
-    upper_root.join("upper")
+    crate::layout::upperdir(upper_root)
 }
 
 /// The overlay's `workdir` on the upper's filesystem.
 pub fn workdir(upper_root: &Path) -> PathBuf {
-    upper_root.join("work")
+    crate::layout::workdir(upper_root)
 }
 
 /// The directory holding the reset request and the trash.
 pub fn state_dir(upper_root: &Path) -> PathBuf {
-    upper_root.join(".overlay-init")
+    crate::layout::state_dir(upper_root)
 }
 
 /// Where reset generations wait to be removed.
 pub fn trash_dir(upper_root: &Path) -> PathBuf {
-    state_dir(upper_root).join("trash")
+    crate::layout::trash_dir(upper_root)
 }
 
 /// What the kernel command line says about resetting. Both fields are
@@ -286,7 +285,7 @@ fn ensure_state_dir(root: BorrowedFd<'_>) -> Result<(OwnedFd, bool)> {
 fn prepare_generation(state: BorrowedFd<'_>) -> Result<(OwnedFd, String)> {
     let (trash, trash_created) = wipe::ensure_dir_at(state, TRASH, DIR_MODE)?;
     if trash_created {
-        wipe::fsync_dir(state, ".overlay-init")?;
+        wipe::fsync_dir(state, crate::layout::STATE_DIR)?;
     }
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -312,7 +311,7 @@ fn prepare_generation(state: BorrowedFd<'_>) -> Result<(OwnedFd, String)> {
         wipe::mkdir_at(generation.as_fd(), UPPER, DIR_MODE)?;
         wipe::mkdir_at(generation.as_fd(), WORK, DIR_MODE)?;
         wipe::fsync_dir(generation.as_fd(), &format!("trash/{name}"))?;
-        wipe::fsync_dir(trash.as_fd(), "trash")?;
+        wipe::fsync_dir(trash.as_fd(), crate::layout::TRASH)?;
         return Ok((generation, name));
     }
     unreachable!("the loop above only ends by returning")
@@ -335,7 +334,7 @@ fn request_pending_at(root: BorrowedFd<'_>) -> Result<bool> {
     let state = match wipe::open_dir_at(root, STATE_DIR) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Ok(false),
-        Err(e) => return Err(e).context("open .overlay-init"),
+        Err(e) => return Err(e).context(format!("open {}", crate::layout::STATE_DIR)),
     };
     wipe::exists_at(state.as_fd(), REQUEST)
 }

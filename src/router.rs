@@ -30,9 +30,9 @@ use crate::sys::mount::{ensure_dir, is_mountpoint, make_rprivate, mount_fs, move
 pub const STAGING_CANDIDATES: &[&str] = &["/tmp", "/mnt"];
 
 /// Where the old root is attached inside the new one.
-pub const OLD_ROOT: &str = "rom";
+pub const OLD_ROOT: &str = crate::layout::ROM_NAME;
 /// Where the upper's filesystem appears inside the new root.
-pub const UPPER_MOUNT: &str = "overlay";
+pub const UPPER_MOUNT: &str = crate::layout::OVERLAY_NAME;
 
 /// Filesystem types `/` has when the kernel unpacked an initramfs into it.
 const INITRAMFS_FSTYPES: &[&str] = &["rootfs", "tmpfs", "ramfs"];
@@ -164,7 +164,7 @@ pub fn choose_staging_dir(
 /// OpenWrt images have no `/run` to mount on.
 pub fn keep_dir(staging_dir: &Path, run_is_mounted: bool) -> PathBuf {
     if run_is_mounted {
-        PathBuf::from(crate::boot::initramfs::KEEP_DIR)
+        PathBuf::from(crate::layout::RUN_DIR)
     } else {
         staging_dir.join("keep")
     }

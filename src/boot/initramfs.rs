@@ -27,7 +27,7 @@ use crate::sys::mount::{ensure_dir, move_mount};
 pub const STAGING_DIR: &str = "/";
 
 /// Mounts that stay visible in the new system (extra lowers, an image's host).
-pub const KEEP_DIR: &str = "/run/overlay-init";
+pub const KEEP_DIR: &str = crate::layout::RUN_DIR;
 
 /// The staging layout: nothing to mount, the initramfs is writable.
 pub fn staging() -> Staging {

@@ -37,7 +37,7 @@ pub enum UpperKind {
 /// The tmpfs that holds a failsafe boot's changes (kept visible in the new
 /// system under `/run/overlay-init`).
 pub fn failsafe_upper_fs(staging: &Staging) -> PathBuf {
-    staging.keep_dir.join("failsafe-upper")
+    staging.keep_dir.join(crate::layout::FAILSAFE_UPPER)
 }
 
 /// The upper (with reset and fallbacks), the overlay mount, and the moves of the
@@ -292,7 +292,7 @@ pub fn start_trash_cleanup(upper: &UpperKind) {
     if matches!(upper, UpperKind::Persistent(_)) {
         // After the switch, so the child holds nothing of the initramfs; the
         // trash is outside the overlay's view, so it cannot race the real init.
-        if let Err(e) = crate::reset::start_trash_cleanup(Path::new("/overlay")) {
+        if let Err(e) = crate::reset::start_trash_cleanup(Path::new(crate::layout::OVERLAY)) {
             log::warn!("reset: the old upper could not be scheduled for removal: {e:#}");
         }
     }
@@ -305,7 +305,7 @@ fn count_boot_attempt(config: &Config, staging: &Staging, upper: &UpperKind) -> 
     if !matches!(upper, UpperKind::Persistent(_)) || config.maxtries == 0 {
         return None;
     }
-    match crate::bootcount::increment(&staging.root().join("overlay")) {
+    match crate::bootcount::increment(&staging.root().join(crate::layout::OVERLAY_NAME)) {
         Ok(n) => {
             log::info!(
                 "boot attempt {n} since the last `overlay-init mark-good` (failsafe after {})",
