@@ -13,6 +13,7 @@ pub mod devspec;
 pub mod fail;
 pub mod failsafe;
 pub mod fstype;
+#[cfg(feature = "builder")]
 pub mod initramfs;
 pub mod layout;
 pub mod logger;
