@@ -109,15 +109,21 @@ pub fn sequence(
     lowers.extend(t.step("extra lowers", || {
         lower::mount_extra_lowers(config, &devices.lowers, &main.files_base, &staging)
     })?);
-    let upper = upper::assemble_upper_and_overlay(
-        config,
-        &staging,
-        &lowers,
-        main.dev,
-        devices.upper.as_deref(),
-        early_failsafe,
-        t,
-    )?;
+    let device = devices.upper.as_deref();
+    let mut upper = t.step("upper", || {
+        upper::mount_upper(config, &staging, device, early_failsafe)
+    })?;
+    if let UpperKind::Persistent(dev) = &upper {
+        upper = t.step("reset", || {
+            upper::apply_reset(config, &staging, dev, main.dev)
+        })?;
+    }
+    let dirs = t.step("upper dirs", || {
+        upper::prepare_upper_dirs(config, &staging, &mut upper)
+    })?;
+    t.step("overlay", || {
+        upper::mount_overlay(config, &staging, &lowers, dirs, &mut upper)
+    })?;
     t.step("move layers", || mode.move_layers(&staging))?;
     t.step("check init", || {
         sys::switch::check_init(&staging.root(), &init)
