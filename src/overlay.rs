@@ -114,26 +114,6 @@ pub fn mount_tmpfs_upper(target: &Path, size: Option<TmpfsSize>) -> Result<()> {
     )
 }
 
-/// Mount a persistent upper read-write and check the kernel really made it writable.
-pub fn mount_device_upper(dev: &Path, fstype: FsType, target: &Path) -> Result<()> {
-    crate::sys::modules::ensure_filesystem(fstype.kernel_name());
-    mount_fs(
-        &dev.to_string_lossy(),
-        target,
-        fstype.kernel_name(),
-        MountFlags::NODEV,
-        "",
-    )?;
-    if is_read_only(target)? {
-        let _ = crate::sys::mount::umount(target, false);
-        bail!(
-            "{} was mounted read-only by the kernel (write-protected or errors=remount-ro)",
-            dev.display()
-        );
-    }
-    Ok(())
-}
-
 /// Create `upper/` and `work/` on the upper's filesystem.
 pub fn prepare_upper_dirs(upper_fs: &Path) -> Result<(PathBuf, PathBuf)> {
     let (upper, work) = upper_dirs(upper_fs);
