@@ -2,13 +2,17 @@
 //! each with a SAFETY note.
 pub mod blockdev;
 pub mod console_key;
+pub mod dirfd;
 pub mod io;
 pub mod kmsg;
+pub mod lock;
 pub mod loopdev;
 pub mod modules;
 pub mod mount;
 pub mod pivot;
 pub mod power;
+pub mod process;
+pub mod statfs;
 pub mod switch;
 pub mod uevent;
 pub mod upperfs;

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use rustix::fs::{openat2, FileType, Mode, OFlags, ResolveFlags};
 
 use crate::switch::classify_executable;
-use crate::sys::wipe;
+use crate::sys::{dirfd, statfs, wipe};
 
 /// Check that `init` names a runnable file inside `new_root`, resolving
 /// symlinks as the kernel will once `new_root` is `/`.
@@ -59,8 +59,8 @@ pub struct FreeStats {
 /// symlinks ([`wipe::wipe_contents`]). Refuses unless `/` really is a
 /// ramfs/tmpfs.
 pub fn free_initramfs() -> Result<FreeStats> {
-    let root = wipe::open_dir(Path::new("/"))?;
-    if !wipe::is_volatile_fs(root.as_fd()).context("statfs /")? {
+    let root = dirfd::open_dir(Path::new("/"))?;
+    if !statfs::is_volatile_fs(root.as_fd()).context("statfs /")? {
         bail!("refusing to delete / : it is not an initramfs (not a ramfs or tmpfs)");
     }
     let report = wipe::wipe_contents(root.as_fd(), Path::new("/"))?;
