@@ -19,6 +19,7 @@ pub mod layout;
 pub mod logger;
 pub mod lower;
 pub mod modindex;
+pub mod mountinfo;
 pub mod overlay;
 pub mod probe;
 pub mod reset;

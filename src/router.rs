@@ -21,6 +21,7 @@ use anyhow::{bail, Context, Result};
 use rustix::mount::MountFlags;
 
 use crate::cmdline::{Config, DEFAULT_INIT};
+use crate::mountinfo::parse_mountinfo;
 use crate::overlay::Staging;
 use crate::sys;
 use crate::sys::mount::{ensure_dir, is_mountpoint, make_rprivate, mount_fs, move_mount, umount};
@@ -55,53 +56,6 @@ pub struct RootMount {
     /// `MAJOR:MINOR` of the filesystem.
     pub device: String,
     pub read_only: bool,
-}
-
-/// One line of `/proc/self/mountinfo`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountInfoEntry {
-    pub mount_id: u32,
-    pub parent_id: u32,
-    pub device: String,
-    pub root: String,
-    pub mount_point: String,
-    pub mount_options: String,
-    pub fstype: String,
-    pub source: String,
-    pub super_options: String,
-}
-
-/// Parse one mountinfo line:
-/// `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS`.
-pub fn parse_mountinfo_line(line: &str) -> Option<MountInfoEntry> {
-    let (before, after) = line.split_once(" - ")?;
-    let mut fields = before.split(' ');
-    let mount_id = fields.next()?.parse().ok()?;
-    let parent_id = fields.next()?.parse().ok()?;
-    let device = fields.next()?.to_string();
-    let root = sys::mount::unescape_octal(fields.next()?);
-    let mount_point = sys::mount::unescape_octal(fields.next()?);
-    let mount_options = fields.next()?.to_string();
-    let mut fields = after.split(' ');
-    let fstype = fields.next()?.to_string();
-    let source = sys::mount::unescape_octal(fields.next()?);
-    let super_options = fields.next().unwrap_or("").to_string();
-    Some(MountInfoEntry {
-        mount_id,
-        parent_id,
-        device,
-        root,
-        mount_point,
-        mount_options,
-        fstype,
-        source,
-        super_options,
-    })
-}
-
-/// Every parseable line of a mountinfo text, in order.
-pub fn parse_mountinfo(text: &str) -> Vec<MountInfoEntry> {
-    text.lines().filter_map(parse_mountinfo_line).collect()
 }
 
 /// The boot mode from mountinfo: what is mounted at `/`. The last entry for
@@ -281,37 +235,6 @@ mod tests {
 16 15 0:5 / /dev rw,nosuid,relatime - devtmpfs devtmpfs rw,size=61036k,mode=755
 17 15 0:20 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
 ";
-
-    #[test]
-    fn parses_a_line_with_optional_fields_and_escapes() {
-        let e = parse_mountinfo_line(
-            "36 35 98:0 /mnt1 /mnt\\0402 rw,noatime master:1 shared:7 - ext3 /dev/root rw,errors=continue",
-        )
-        .unwrap();
-        assert_eq!(e.mount_id, 36);
-        assert_eq!(e.parent_id, 35);
-        assert_eq!(e.device, "98:0");
-        assert_eq!(e.root, "/mnt1");
-        assert_eq!(e.mount_point, "/mnt 2");
-        assert_eq!(e.mount_options, "rw,noatime");
-        assert_eq!(e.fstype, "ext3");
-        assert_eq!(e.source, "/dev/root");
-        assert_eq!(e.super_options, "rw,errors=continue");
-    }
-
-    #[test]
-    fn rejects_malformed_lines() {
-        assert_eq!(parse_mountinfo_line(""), None);
-        assert_eq!(parse_mountinfo_line("36 35 98:0 / / rw"), None);
-        assert_eq!(
-            parse_mountinfo_line("x 35 98:0 / / rw - ext4 /dev/a rw"),
-            None
-        );
-        assert_eq!(
-            parse_mountinfo("garbage\n1 1 0:2 / / rw - rootfs rootfs rw\n").len(),
-            1
-        );
-    }
 
     #[test]
     fn initramfs_root_is_not_router_mode() {
