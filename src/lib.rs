@@ -2,7 +2,11 @@
 //! writable overlay, and resets that overlay to factory state on request.
 //!
 //! Pure core, thin shell: everything outside `sys` is plain data and logic that
-//! unit tests can reach; only `sys` talks to the kernel.
+//! unit tests can reach; only `sys` talks to the kernel, and only `sys` may
+//! use `unsafe` (each block with a `// SAFETY:` note, which clippy checks).
+
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod boot;
 pub mod bootcount;

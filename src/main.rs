@@ -1,5 +1,7 @@
 //! Multicall entry: as PID 1 it boots; otherwise it is the command-line tool.
 
+#![deny(unsafe_code)]
+
 fn main() {
     if rustix::process::getpid().is_init() {
         // Detected, not configured: an initramfs at `/` means initramfs mode; a

@@ -1,5 +1,6 @@
 //! The only place that talks to the kernel. Every `unsafe` block lives here,
 //! each with a SAFETY note.
+#![allow(unsafe_code)]
 pub mod blockdev;
 pub mod console_key;
 pub mod dirfd;
