@@ -259,3 +259,32 @@ impl RootMode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The README's "What it does" list names the steps of this file, in order.
+    #[test]
+    fn readme_lists_the_boot_steps_in_order() {
+        let code = include_str!("mod.rs");
+        let code = &code[..code.find("#[cfg(test)]").unwrap()];
+        let mut steps: Vec<&str> = code
+            .split(".step(\"")
+            .skip(1)
+            .map(|rest| &rest[..rest.find('"').unwrap()])
+            .collect();
+        steps.push("exec init");
+        let readme = include_str!("../../README.md");
+        let listed: Vec<&str> = readme
+            .lines()
+            .skip_while(|l| !l.contains("the steps of src/boot/mod.rs"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("```"))
+            .filter_map(|l| {
+                let (number, rest) = l.trim_start().split_once(". ")?;
+                number.parse::<u32>().ok()?;
+                Some(rest.split("  ").next()?.trim())
+            })
+            .collect();
+        assert_eq!(listed, steps);
+    }
+}
