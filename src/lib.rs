@@ -14,7 +14,7 @@ pub mod cli;
 pub mod cmdline;
 pub mod devices;
 pub mod devspec;
-pub mod fail;
+pub mod executable;
 pub mod failsafe;
 pub mod fstype;
 #[cfg(feature = "builder")]
@@ -29,7 +29,6 @@ pub mod probe;
 pub mod reset;
 pub mod router;
 pub mod state;
-pub mod switch;
 pub mod sys;
 pub mod timeline;
 pub mod uevent;

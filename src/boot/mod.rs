@@ -6,6 +6,7 @@
 //! [`initramfs`] and [`kernel_root`]); every step has the same name in both
 //! modes, and every error carries its step's name to the failure handler.
 
+pub mod failure;
 pub mod initramfs;
 pub mod kernel_root;
 pub mod steps;
@@ -41,9 +42,9 @@ pub enum RootMode {
 pub fn run_pid1(mode: RootMode) -> ! {
     let started = Instant::now();
     crate::logger::init_pid1(false);
-    crate::fail::install_panic_hook(None);
+    failure::install_panic_hook(None);
     let mut t = Timeline::default();
-    let early_fatal = |e: StepError| -> ! { crate::fail::fatal(e.step, &e.error, None) };
+    let early_fatal = |e: StepError| -> ! { failure::fatal(e.step, &e.error, None) };
     t.step("api mounts", || mode.mount_api_filesystems())
         .unwrap_or_else(|e| early_fatal(e));
     let (kmsg_ratelimit, uptime) = t
@@ -57,7 +58,7 @@ pub fn run_pid1(mode: RootMode) -> ! {
 
     let argv0 = std::env::args().next().unwrap_or_default();
     let booted = sequence(mode, &config, &argv0, &mut t)
-        .unwrap_or_else(|e| crate::fail::fatal(e.step, &e.error, config.onfail));
+        .unwrap_or_else(|e| failure::fatal(e.step, &e.error, config.onfail));
 
     // In the new root: hand over to the real init.
     steps::reopen_console();
@@ -67,7 +68,7 @@ pub fn run_pid1(mode: RootMode) -> ! {
     sys::kmsg::restore_ratelimit(kmsg_ratelimit);
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let error = sys::switch::exec_init(&booted.init, &args);
-    crate::fail::fatal("exec init", &error, config.onfail)
+    failure::fatal("exec init", &error, config.onfail)
 }
 
 /// What the boot ends with: `/` is the new root, its init checked.

@@ -69,7 +69,7 @@ pub fn load_config() -> Config {
     let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let parsed = cmdline::parse(cmdline_text.trim_end());
     crate::logger::set_debug(parsed.config.debug);
-    crate::fail::install_panic_hook(parsed.config.onfail);
+    crate::boot::failure::install_panic_hook(parsed.config.onfail);
     for problem in &parsed.problems {
         if problem.fatal {
             log::error!("{problem}");
@@ -86,7 +86,7 @@ pub fn load_config() -> Config {
             .map(|p| p.to_string())
             .collect();
         let err = anyhow!("{}", names.join("; "));
-        crate::fail::fatal("command line", &err, config.onfail);
+        crate::boot::failure::fatal("command line", &err, config.onfail);
     }
     config
 }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use rustix::mount::MountFlags;
 
+use crate::boot::failure::warn_box;
 use crate::cmdline::{Config, UpperSpec};
-use crate::fail::warn_box;
 use crate::failsafe;
 use crate::lower::detect_fstype;
 use crate::overlay::{self, Staging};

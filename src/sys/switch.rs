@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use rustix::fs::{openat2, FileType, Mode, OFlags, ResolveFlags};
 
-use crate::switch::classify_executable;
+use crate::executable::classify_executable;
 use crate::sys::{dirfd, statfs, wipe};
 
 /// Check that `init` names a runnable file inside `new_root`, resolving
