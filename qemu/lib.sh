@@ -132,10 +132,10 @@ build_init() {
     if [[ "$target" == *gnu ]]; then
         RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
             cargo build --quiet --release --manifest-path "$REPO_DIR/Cargo.toml" \
-            --target "$target" --bin overlay-init >&2
+            --target "$target" --no-default-features --bin overlay-init >&2
     else
         cargo build --quiet --release --manifest-path "$REPO_DIR/Cargo.toml" \
-            --target "$target" --bin overlay-init >&2
+            --target "$target" --no-default-features --bin overlay-init >&2
     fi
     local dir="${CARGO_TARGET_DIR:-$REPO_DIR/target}"
     echo "$dir/$target/release/overlay-init"

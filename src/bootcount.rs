@@ -7,21 +7,19 @@
 //! fsync of the directory), so a power cut leaves the old or the new count.
 //! A missing file is 0; `mark-good` removes it (durably).
 
-use std::ffi::CStr;
 use std::os::fd::AsFd;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::sys::wipe;
+use crate::sys::dirfd;
 
-const STATE_DIR: &CStr = c".overlay-init";
-const COUNTER: &CStr = c"bootcount";
+use crate::layout::{BOOTCOUNT_C as COUNTER, STATE_DIR_C as STATE_DIR};
 const DIR_MODE: u32 = 0o700;
 
 /// The counter's path on the upper's filesystem.
 pub fn counter_path(upper_root: &Path) -> std::path::PathBuf {
-    upper_root.join(".overlay-init").join("bootcount")
+    crate::layout::bootcount_path(upper_root)
 }
 
 /// The file's contents for a count.
@@ -59,16 +57,18 @@ pub fn next(attempts: u32) -> u32 {
 /// a garbled counter must not lock a device into failsafe, and the next
 /// increment rewrites it.
 pub fn read(upper_root: &Path) -> Result<u32> {
-    let root = wipe::open_dir(upper_root)?;
-    let state = match wipe::open_dir_at(root.as_fd(), STATE_DIR) {
+    let root = dirfd::open_dir(upper_root)?;
+    let state = match dirfd::open_dir_at(root.as_fd(), STATE_DIR) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Ok(0),
         Err(e) => {
-            return Err(e).with_context(|| format!("open {}/.overlay-init", upper_root.display()))
+            return Err(e).with_context(|| {
+                format!("open {}", crate::layout::state_dir(upper_root).display())
+            })
         }
     };
     let path = counter_path(upper_root);
-    match wipe::read_small_file(state.as_fd(), COUNTER)
+    match dirfd::read_small_file(state.as_fd(), COUNTER)
         .with_context(|| format!("read {}", path.display()))?
     {
         None => Ok(0),
@@ -87,13 +87,13 @@ pub fn increment(upper_root: &Path) -> Result<u32> {
     let current = read(upper_root)?;
     let new = next(current);
     let path = counter_path(upper_root);
-    let root = wipe::open_dir(upper_root)?;
-    let (state, created) = wipe::ensure_dir_at(root.as_fd(), STATE_DIR, DIR_MODE)
-        .with_context(|| format!("create {}/.overlay-init", upper_root.display()))?;
+    let root = dirfd::open_dir(upper_root)?;
+    let (state, created) = dirfd::ensure_dir_at(root.as_fd(), STATE_DIR, DIR_MODE)
+        .with_context(|| format!("create {}", crate::layout::state_dir(upper_root).display()))?;
     if created {
-        wipe::fsync_dir(root.as_fd(), "upper root")?;
+        dirfd::fsync_dir(root.as_fd(), "upper root")?;
     }
-    wipe::write_durably(state.as_fd(), COUNTER, &render(new))
+    dirfd::write_durably(state.as_fd(), COUNTER, &render(new))
         .with_context(|| format!("write {}", path.display()))?;
     Ok(new)
 }
@@ -102,16 +102,18 @@ pub fn increment(upper_root: &Path) -> Result<u32> {
 /// count that was cleared.
 pub fn clear(upper_root: &Path) -> Result<u32> {
     let cleared = read(upper_root)?;
-    let root = wipe::open_dir(upper_root)?;
-    let state = match wipe::open_dir_at(root.as_fd(), STATE_DIR) {
+    let root = dirfd::open_dir(upper_root)?;
+    let state = match dirfd::open_dir_at(root.as_fd(), STATE_DIR) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Ok(cleared),
         Err(e) => {
-            return Err(e).with_context(|| format!("open {}/.overlay-init", upper_root.display()))
+            return Err(e).with_context(|| {
+                format!("open {}", crate::layout::state_dir(upper_root).display())
+            })
         }
     };
     let path = counter_path(upper_root);
-    wipe::remove_durably(state.as_fd(), COUNTER).map_err(|e| {
+    dirfd::remove_durably(state.as_fd(), COUNTER).map_err(|e| {
         let read_only = e
             .root_cause()
             .downcast_ref::<rustix::io::Errno>()

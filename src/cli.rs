@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 /// Where the running system sees the upper's filesystem.
-pub const OVERLAY_DIR: &str = "/overlay";
+pub const OVERLAY_DIR: &str = crate::layout::OVERLAY;
 
 pub const USAGE: &str = "\
 usage: overlay-init COMMAND [--overlay DIR]

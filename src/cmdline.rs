@@ -260,23 +260,50 @@ fn next_arg(args: &str) -> (Param<'_>, &str) {
     (param, rest)
 }
 
-/// Accepted `ovl.*` names (after `-` -> `_` normalisation), for error messages.
-pub const OVL_PARAMS: &[&str] = &[
-    "upper",
-    "upperfstype",
-    "size",
-    "image",
-    "lower",
-    "reset",
-    "failsafe",
-    "failsafe_wait",
-    "maxtries",
-    "timeout",
-    "onfail",
-    "modules",
-    "debug",
-    "init",
+/// A parser for one `ovl.*` parameter: sets its field of the config from the
+/// value, or reports what is wrong through the collector.
+pub type OvlParser = fn(&mut Config, Option<&str>, &mut Problems<'_>);
+
+/// Every `ovl.*` parameter: its name (after `-` -> `_` normalisation) and its
+/// parser. Adding a parameter is one line here, one parser function below, and
+/// one row in the README's table (a unit test checks that the two agree).
+pub const OVL_PARAMS: &[(&str, OvlParser)] = &[
+    ("upper", ovl_upper),
+    ("upperfstype", ovl_upperfstype),
+    ("size", ovl_size),
+    ("image", ovl_image),
+    ("lower", ovl_lower),
+    ("reset", |c, v, p| p.flag(v, &mut c.reset)),
+    ("failsafe", |c, v, p| p.flag(v, &mut c.failsafe)),
+    ("failsafe_wait", ovl_failsafe_wait),
+    ("maxtries", ovl_maxtries),
+    ("timeout", ovl_timeout),
+    ("onfail", ovl_onfail),
+    ("modules", ovl_modules),
+    ("debug", |c, v, p| p.flag(v, &mut c.debug)),
+    ("init", ovl_init),
 ];
+
+/// The problems collector for one parameter as written (`raw`).
+pub struct Problems<'a> {
+    list: &'a mut Vec<Problem>,
+    param: &'a str,
+}
+
+impl Problems<'_> {
+    /// A bad value with a safe default: reported, the boot goes on.
+    pub fn warn(&mut self, message: impl Into<String>) {
+        problem(self.list, self.param, false, message.into());
+    }
+    /// A bad value without a safe default: the boot takes the failure path.
+    pub fn fatal(&mut self, message: impl Into<String>) {
+        problem(self.list, self.param, true, message.into());
+    }
+    /// A flag: bare, or `=1`/`=0` and the like.
+    fn flag(&mut self, value: Option<&str>, field: &mut bool) {
+        set_flag(self.list, self.param, value, field);
+    }
+}
 
 /// Parse a whole kernel command line.
 pub fn parse(cmdline: &str) -> Parsed {
@@ -359,155 +386,126 @@ fn apply_ovl(
     name: &str,
     value: Option<&str>,
 ) {
-    match name {
-        "upper" => match value {
-            Some("tmpfs") => config.upper = UpperSpec::Tmpfs,
-            Some(v) => match DeviceSpec::parse(v) {
-                Ok(spec) => config.upper = UpperSpec::Device(spec),
-                Err(e) => problem(
-                    problems,
-                    raw,
-                    false,
-                    format!("{e} (or tmpfs); using a tmpfs upper, nothing persists"),
-                ),
-            },
-            None => problem(
-                problems,
-                raw,
-                false,
-                "needs tmpfs or a device; using a tmpfs upper".into(),
-            ),
+    let mut report = Problems {
+        list: problems,
+        param: raw,
+    };
+    match OVL_PARAMS.iter().find(|(known, _)| *known == name) {
+        Some((_, parse)) => parse(config, value, &mut report),
+        None => {
+            let names: Vec<&str> = OVL_PARAMS.iter().map(|(name, _)| *name).collect();
+            report.warn(format!(
+                "unknown parameter; ignored. Accepted: ovl.{}",
+                names.join(", ovl.")
+            ));
+        }
+    }
+}
+
+fn ovl_upper(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match value {
+        Some("tmpfs") => config.upper = UpperSpec::Tmpfs,
+        Some(v) => match DeviceSpec::parse(v) {
+            Ok(spec) => config.upper = UpperSpec::Device(spec),
+            Err(e) => p.warn(format!(
+                "{e} (or tmpfs); using a tmpfs upper, nothing persists"
+            )),
         },
-        "upperfstype" => {
-            config.upperfstype = parse_fstype(problems, raw, value);
-            if let Some(t) = config.upperfstype {
-                if !t.can_be_upper() {
-                    problem(
-                        problems,
-                        raw,
-                        false,
-                        format!("{t} cannot hold an upper (read-only); accepted: ext4, auto"),
-                    );
-                    config.upperfstype = None;
+        None => p.warn("needs tmpfs or a device; using a tmpfs upper"),
+    }
+}
+
+fn ovl_upperfstype(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    config.upperfstype = parse_fstype(p.list, p.param, value);
+    if let Some(t) = config.upperfstype {
+        if !t.can_be_upper() {
+            p.warn(format!(
+                "{t} cannot hold an upper (read-only); accepted: ext4, auto"
+            ));
+            config.upperfstype = None;
+        }
+    }
+}
+
+fn ovl_size(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match value.map(parse_size) {
+        Some(Ok(s)) => config.size = Some(s),
+        Some(Err(e)) => p.warn(format!("{e}; using the tmpfs default (half of RAM)")),
+        None => p.warn("needs a size such as 64M or 50%"),
+    }
+}
+
+fn ovl_image(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match value {
+        Some(v) if v.starts_with('/') && !v.ends_with('/') => config.image = Some(v.to_string()),
+        _ => p.fatal("needs the absolute path of an image file on the root= filesystem"),
+    }
+}
+
+fn ovl_lower(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match value.filter(|v| !v.is_empty()) {
+        None => p.fatal("needs SPEC[,SPEC]: devices or image-file paths"),
+        Some(v) => {
+            for entry in v.split(',') {
+                match parse_lower(entry) {
+                    Ok(l) => config.lowers.push(l),
+                    Err(e) => p.fatal(e),
                 }
             }
         }
-        "size" => match value.map(parse_size) {
-            Some(Ok(s)) => config.size = Some(s),
-            Some(Err(e)) => problem(
-                problems,
-                raw,
-                false,
-                format!("{e}; using the tmpfs default (half of RAM)"),
-            ),
-            None => problem(
-                problems,
-                raw,
-                false,
-                "needs a size such as 64M or 50%".into(),
-            ),
-        },
-        "image" => match value {
-            Some(v) if v.starts_with('/') && !v.ends_with('/') => {
-                config.image = Some(v.to_string())
-            }
-            _ => problem(
-                problems,
-                raw,
-                true,
-                "needs the absolute path of an image file on the root= filesystem".into(),
-            ),
-        },
-        "lower" => match value.filter(|v| !v.is_empty()) {
-            None => problem(
-                problems,
-                raw,
-                true,
-                "needs SPEC[,SPEC]: devices or image-file paths".into(),
-            ),
-            Some(v) => {
-                for entry in v.split(',') {
-                    match parse_lower(entry) {
-                        Ok(l) => config.lowers.push(l),
-                        Err(e) => problem(problems, raw, true, e),
-                    }
-                }
-            }
-        },
-        "reset" => set_flag(problems, raw, value, &mut config.reset),
-        "failsafe" => set_flag(problems, raw, value, &mut config.failsafe),
-        "debug" => set_flag(problems, raw, value, &mut config.debug),
-        "failsafe_wait" => match value.map(parse_secs) {
-            Some(Ok(s)) => config.failsafe_wait = s,
-            Some(Err(e)) => problem(problems, raw, false, format!("{e}; no failsafe window")),
-            None => problem(
-                problems,
-                raw,
-                false,
-                "needs seconds; no failsafe window".into(),
-            ),
-        },
-        "maxtries" => match value.map(parse_secs) {
-            Some(Ok(n)) => config.maxtries = n,
-            Some(Err(e)) => problem(
-                problems,
-                raw,
-                false,
-                format!("{e} (0 = off); using {DEFAULT_MAXTRIES}"),
-            ),
-            None => problem(problems, raw, false, "needs a number (0 = off)".into()),
-        },
-        "timeout" => match value.map(parse_secs) {
-            Some(Ok(s)) => config.timeout = Some(s),
-            Some(Err(e)) => problem(problems, raw, false, format!("{e}; using the default")),
-            None => problem(
-                problems,
-                raw,
-                false,
-                "needs seconds; using the default".into(),
-            ),
-        },
-        "onfail" => match value {
-            Some("shell") => config.onfail = Some(OnFail::Shell),
-            Some("reboot") => config.onfail = Some(OnFail::Reboot),
-            Some("halt") => config.onfail = Some(OnFail::Halt),
-            _ => problem(
-                problems,
-                raw,
-                false,
-                "accepted: shell, reboot, halt; using the default (shell if present, else reboot)"
-                    .into(),
-            ),
-        },
-        "modules" => match value {
-            Some("auto") => config.modules = ModuleLoading::Auto,
-            Some("sequential") => config.modules = ModuleLoading::Sequential,
-            Some("parallel") => config.modules = ModuleLoading::Parallel,
-            _ => problem(
-                problems,
-                raw,
-                false,
-                "accepted: auto, sequential, parallel; using the default (auto: parallel with more than one CPU)".into(),
-            ),
-        },
-        "init" => match value {
-            Some(v) if v.starts_with('/') => config.ovl_init = Some(v.to_string()),
-            _ => problem(
-                problems,
-                raw,
-                true,
-                "needs an absolute path such as /sbin/init".into(),
-            ),
-        },
-        _ => problem(
-            problems,
-            raw,
-            false,
-            format!(
-                "unknown parameter; ignored. Accepted: ovl.{}",
-                OVL_PARAMS.join(", ovl.")
-            ),
+    }
+}
+
+fn ovl_failsafe_wait(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match value.map(parse_secs) {
+        Some(Ok(s)) => config.failsafe_wait = s,
+        Some(Err(e)) => p.warn(format!("{e}; no failsafe window")),
+        None => p.warn("needs seconds; no failsafe window"),
+    }
+}
+
+fn ovl_maxtries(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match value.map(parse_secs) {
+        Some(Ok(n)) => config.maxtries = n,
+        Some(Err(e)) => p.warn(format!("{e} (0 = off); using {DEFAULT_MAXTRIES}")),
+        None => p.warn("needs a number (0 = off)"),
+    }
+}
+
+fn ovl_timeout(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match value.map(parse_secs) {
+        Some(Ok(s)) => config.timeout = Some(s),
+        Some(Err(e)) => p.warn(format!("{e}; using the default")),
+        None => p.warn("needs seconds; using the default"),
+    }
+}
+
+fn ovl_onfail(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match value {
+        Some("shell") => config.onfail = Some(OnFail::Shell),
+        Some("reboot") => config.onfail = Some(OnFail::Reboot),
+        Some("halt") => config.onfail = Some(OnFail::Halt),
+        _ => p.warn(
+            "accepted: shell, reboot, halt; using the default (shell if present, else reboot)",
         ),
+    }
+}
+
+fn ovl_modules(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match value {
+        Some("auto") => config.modules = ModuleLoading::Auto,
+        Some("sequential") => config.modules = ModuleLoading::Sequential,
+        Some("parallel") => config.modules = ModuleLoading::Parallel,
+        _ => p.warn(
+            "accepted: auto, sequential, parallel; using the default (auto: parallel with more than one CPU)",
+        ),
+    }
+}
+
+fn ovl_init(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match value {
+        Some(v) if v.starts_with('/') => config.ovl_init = Some(v.to_string()),
+        _ => p.fatal("needs an absolute path such as /sbin/init"),
     }
 }
 
@@ -651,6 +649,28 @@ fn check_conflicts(config: &mut Config, problems: &mut Vec<Problem>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_ovl_parameter_is_in_the_readme_table_and_back() {
+        // The README's parameter table rows start with "| `ovl.NAME".
+        let mut documented: Vec<String> = include_str!("../README.md")
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `ovl."))
+            .map(|rest| {
+                rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        documented.sort();
+        let mut table: Vec<String> = OVL_PARAMS.iter().map(|(n, _)| n.to_string()).collect();
+        table.sort();
+        assert_eq!(
+            table, documented,
+            "OVL_PARAMS and README.md's ovl.* rows differ"
+        );
+    }
 
     fn ok(cmdline: &str) -> Config {
         let parsed = parse(cmdline);

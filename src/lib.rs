@@ -2,32 +2,36 @@
 //! writable overlay, and resets that overlay to factory state on request.
 //!
 //! Pure core, thin shell: everything outside `sys` is plain data and logic that
-//! unit tests can reach; only `sys` talks to the kernel.
+//! unit tests can reach; only `sys` talks to the kernel, and only `sys` may
+//! use `unsafe` (each block with a `// SAFETY:` note, which clippy checks).
+
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod boot;
-pub mod boot_router;
 pub mod bootcount;
 pub mod cli;
 pub mod cmdline;
 pub mod devices;
 pub mod devspec;
-pub mod fail;
+pub mod executable;
 pub mod failsafe;
 pub mod fstype;
+#[cfg(feature = "builder")]
 pub mod initramfs;
+pub mod layout;
 pub mod logger;
 pub mod lower;
 pub mod modindex;
+pub mod mountinfo;
 pub mod overlay;
 pub mod probe;
 pub mod reset;
 pub mod router;
 pub mod state;
-pub mod switch;
 pub mod sys;
 pub mod timeline;
 pub mod uevent;
-pub mod upper;
 
 #[cfg(test)]
 mod test_rng;

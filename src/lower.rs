@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::boot::failure::warn_box;
 use crate::cmdline::{Config, LowerSpec, RootWait};
 use crate::devspec::DeviceSpec;
-use crate::fail::warn_box;
 use crate::fstype::FsType;
 use crate::overlay::{self, Staging};
 use crate::sys;

@@ -9,6 +9,7 @@ use rustix::mount::MountFlags;
 
 use crate::cmdline::TmpfsSize;
 use crate::fstype::FsType;
+use crate::layout;
 use crate::sys::mount::{is_read_only, mount_fs, move_mount};
 
 /// Where the pieces are assembled before they move into the new root.
@@ -31,19 +32,19 @@ impl Staging {
     }
     /// The main lower; becomes `/rom`.
     pub fn rom(&self) -> PathBuf {
-        self.dir.join("rom")
+        self.dir.join(layout::ROM_NAME)
     }
     /// Extra lower number `n` (0-based, in `ovl.lower=` order).
     pub fn extra_lower(&self, n: usize) -> PathBuf {
-        self.keep_dir.join(format!("lower{n}"))
+        self.keep_dir.join(layout::extra_lower_name(n))
     }
     /// The filesystem holding the `ovl.image=` file (`root=`).
     pub fn image_host(&self) -> PathBuf {
-        self.keep_dir.join("image-host")
+        self.keep_dir.join(layout::IMAGE_HOST)
     }
     /// The upper's filesystem; becomes `/overlay`.
     pub fn upper_fs(&self) -> PathBuf {
-        self.dir.join("overlay")
+        self.dir.join(layout::OVERLAY_NAME)
     }
     /// The overlay mount: the new root.
     pub fn root(&self) -> PathBuf {
@@ -53,10 +54,7 @@ impl Staging {
 
 /// `upper/` and `work/` inside the upper's filesystem (the layout is the reset's).
 pub fn upper_dirs(upper_fs: &Path) -> (PathBuf, PathBuf) {
-    (
-        crate::reset::upperdir(upper_fs),
-        crate::reset::workdir(upper_fs),
-    )
+    (layout::upperdir(upper_fs), layout::workdir(upper_fs))
 }
 
 /// The overlayfs mount data. Lowers are listed topmost first: the main lower,
@@ -116,26 +114,6 @@ pub fn mount_tmpfs_upper(target: &Path, size: Option<TmpfsSize>) -> Result<()> {
     )
 }
 
-/// Mount a persistent upper read-write and check the kernel really made it writable.
-pub fn mount_device_upper(dev: &Path, fstype: FsType, target: &Path) -> Result<()> {
-    crate::sys::modules::ensure_filesystem(fstype.kernel_name());
-    mount_fs(
-        &dev.to_string_lossy(),
-        target,
-        fstype.kernel_name(),
-        MountFlags::NODEV,
-        "",
-    )?;
-    if is_read_only(target)? {
-        let _ = crate::sys::mount::umount(target, false);
-        bail!(
-            "{} was mounted read-only by the kernel (write-protected or errors=remount-ro)",
-            dev.display()
-        );
-    }
-    Ok(())
-}
-
 /// Create `upper/` and `work/` on the upper's filesystem.
 pub fn prepare_upper_dirs(upper_fs: &Path) -> Result<(PathBuf, PathBuf)> {
     let (upper, work) = upper_dirs(upper_fs);
@@ -168,8 +146,8 @@ pub fn check_writable(root: &Path) -> Result<()> {
 /// Move the main lower to `/rom` and the upper's filesystem to `/overlay` inside the new root.
 pub fn move_layers_into_root(staging: &Staging) -> Result<()> {
     let root = staging.root();
-    move_mount(&staging.rom(), &root.join("rom"))?;
-    move_mount(&staging.upper_fs(), &root.join("overlay"))?;
+    move_mount(&staging.rom(), &root.join(layout::ROM_NAME))?;
+    move_mount(&staging.upper_fs(), &root.join(layout::OVERLAY_NAME))?;
     Ok(())
 }
 

@@ -25,13 +25,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use crate::sys::wipe::{self, Swap, WipeReport};
+use crate::sys::dirfd::{self, Swap};
+use crate::sys::lock;
+use crate::sys::process;
+use crate::sys::statfs;
+use crate::sys::wipe::{self, WipeReport};
 
-const UPPER: &CStr = c"upper";
-const WORK: &CStr = c"work";
-const STATE_DIR: &CStr = c".overlay-init";
-const REQUEST: &CStr = c"reset-request";
-const TRASH: &CStr = c"trash";
+use crate::layout::{
+    RESET_REQUEST_C as REQUEST, STATE_DIR_C as STATE_DIR, TRASH_C as TRASH, UPPER_C as UPPER,
+    WORK_C as WORK,
+};
 /// Names used only when the filesystem cannot `RENAME_EXCHANGE`.
 const UPPER_ASIDE: &CStr = c"upper.old";
 const WORK_ASIDE: &CStr = c"work.old";
@@ -39,22 +42,22 @@ const DIR_MODE: u32 = 0o755;
 
 /// The overlay's `upperdir` on the upper's filesystem.
 pub fn upperdir(upper_root: &Path) -> PathBuf {
-    upper_root.join("upper")
+    crate::layout::upperdir(upper_root)
 }
 
 /// The overlay's `workdir` on the upper's filesystem.
 pub fn workdir(upper_root: &Path) -> PathBuf {
-    upper_root.join("work")
+    crate::layout::workdir(upper_root)
 }
 
 /// The directory holding the reset request and the trash.
 pub fn state_dir(upper_root: &Path) -> PathBuf {
-    upper_root.join(".overlay-init")
+    crate::layout::state_dir(upper_root)
 }
 
 /// Where reset generations wait to be removed.
 pub fn trash_dir(upper_root: &Path) -> PathBuf {
-    state_dir(upper_root).join("trash")
+    crate::layout::trash_dir(upper_root)
 }
 
 /// What the kernel command line says about resetting. Both fields are
@@ -180,7 +183,7 @@ pub fn apply_pending_with_hook(
         log::info!("reset: ovl.failsafe: the persistent upper is left untouched");
         return Ok(ResetOutcome::SkippedFailsafe);
     }
-    let root = wipe::open_dir(upper_root)?;
+    let root = dirfd::open_dir(upper_root)?;
     let pending = request_pending_at(root.as_fd()).with_context(|| {
         format!(
             "check for a reset request in {}",
@@ -192,8 +195,8 @@ pub fn apply_pending_with_hook(
         Decision::LeaveAloneFailsafe => return Ok(ResetOutcome::SkippedFailsafe),
         Decision::Reset(trigger) => trigger,
     };
-    let upper_dev =
-        wipe::device_of(root.as_fd()).with_context(|| format!("fstat {}", upper_root.display()))?;
+    let upper_dev = dirfd::device_of(root.as_fd())
+        .with_context(|| format!("fstat {}", upper_root.display()))?;
     if lower_dev == Some(upper_dev) {
         bail!(
             "refusing to reset {}: the upper is on the same device as the lower ({})",
@@ -256,7 +259,7 @@ fn reset_steps(run: &mut Run<'_>, root: BorrowedFd<'_>, pending: bool) -> Result
     let (state, _) = ensure_state_dir(root)?;
     if !pending {
         run.step(Step::RecordRequest, || {
-            wipe::write_durably(state.as_fd(), REQUEST, b"requested-by=cmdline\n")
+            dirfd::write_durably(state.as_fd(), REQUEST, b"requested-by=cmdline\n")
         })?;
     }
     let (generation, name) = run.step(Step::Prepare, || prepare_generation(state.as_fd()))?;
@@ -267,7 +270,7 @@ fn reset_steps(run: &mut Run<'_>, root: BorrowedFd<'_>, pending: bool) -> Result
         swap(root, UPPER, generation.as_fd(), UPPER_ASIDE)
     })?;
     run.step(Step::ClearRequest, || {
-        wipe::remove_durably(state.as_fd(), REQUEST)?;
+        dirfd::remove_durably(state.as_fd(), REQUEST)?;
         Ok(())
     })?;
     Ok(trash_dir(run.upper_root).join(name))
@@ -275,18 +278,18 @@ fn reset_steps(run: &mut Run<'_>, root: BorrowedFd<'_>, pending: bool) -> Result
 
 /// `.overlay-init/` (created durably if missing) and whether it was created.
 fn ensure_state_dir(root: BorrowedFd<'_>) -> Result<(OwnedFd, bool)> {
-    let (state, created) = wipe::ensure_dir_at(root, STATE_DIR, DIR_MODE)?;
+    let (state, created) = dirfd::ensure_dir_at(root, STATE_DIR, DIR_MODE)?;
     if created {
-        wipe::fsync_dir(root, "upper root")?;
+        dirfd::fsync_dir(root, "upper root")?;
     }
     Ok((state, created))
 }
 
 /// Create `trash/GEN/{upper,work}`, empty, and make them durable.
 fn prepare_generation(state: BorrowedFd<'_>) -> Result<(OwnedFd, String)> {
-    let (trash, trash_created) = wipe::ensure_dir_at(state, TRASH, DIR_MODE)?;
+    let (trash, trash_created) = dirfd::ensure_dir_at(state, TRASH, DIR_MODE)?;
     if trash_created {
-        wipe::fsync_dir(state, ".overlay-init")?;
+        dirfd::fsync_dir(state, crate::layout::STATE_DIR)?;
     }
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -304,15 +307,15 @@ fn prepare_generation(state: BorrowedFd<'_>) -> Result<(OwnedFd, String)> {
             format!("{base}-{attempt}")
         };
         let c_name = std::ffi::CString::new(name.clone()).expect("no NUL in a formatted name");
-        if !wipe::mkdir_at(trash.as_fd(), &c_name, 0o700)? {
+        if !dirfd::mkdir_at(trash.as_fd(), &c_name, 0o700)? {
             continue;
         }
-        let generation = wipe::open_dir_at(trash.as_fd(), &c_name)
+        let generation = dirfd::open_dir_at(trash.as_fd(), &c_name)
             .with_context(|| format!("open trash/{name}"))?;
-        wipe::mkdir_at(generation.as_fd(), UPPER, DIR_MODE)?;
-        wipe::mkdir_at(generation.as_fd(), WORK, DIR_MODE)?;
-        wipe::fsync_dir(generation.as_fd(), &format!("trash/{name}"))?;
-        wipe::fsync_dir(trash.as_fd(), "trash")?;
+        dirfd::mkdir_at(generation.as_fd(), UPPER, DIR_MODE)?;
+        dirfd::mkdir_at(generation.as_fd(), WORK, DIR_MODE)?;
+        dirfd::fsync_dir(generation.as_fd(), &format!("trash/{name}"))?;
+        dirfd::fsync_dir(trash.as_fd(), crate::layout::TRASH)?;
         return Ok((generation, name));
     }
     unreachable!("the loop above only ends by returning")
@@ -320,24 +323,24 @@ fn prepare_generation(state: BorrowedFd<'_>) -> Result<(OwnedFd, String)> {
 
 /// Swap the live `name` with the empty one in the generation, durably.
 fn swap(root: BorrowedFd<'_>, name: &CStr, generation: BorrowedFd<'_>, aside: &CStr) -> Result<()> {
-    let how = wipe::swap_into_place(root, name, generation, name, aside)?;
+    let how = dirfd::swap_into_place(root, name, generation, name, aside)?;
     if how == Swap::MovedAsideThenMoved {
         log::warn!(
             "reset: the filesystem cannot RENAME_EXCHANGE; {name:?} was moved aside, then replaced"
         );
     }
     // Both directories changed: make both durable before the next step.
-    wipe::fsync_dir(root, "upper root")?;
-    wipe::fsync_dir(generation, "trash generation")
+    dirfd::fsync_dir(root, "upper root")?;
+    dirfd::fsync_dir(generation, "trash generation")
 }
 
 fn request_pending_at(root: BorrowedFd<'_>) -> Result<bool> {
-    let state = match wipe::open_dir_at(root, STATE_DIR) {
+    let state = match dirfd::open_dir_at(root, STATE_DIR) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Ok(false),
-        Err(e) => return Err(e).context("open .overlay-init"),
+        Err(e) => return Err(e).context(format!("open {}", crate::layout::STATE_DIR)),
     };
-    wipe::exists_at(state.as_fd(), REQUEST)
+    dirfd::exists_at(state.as_fd(), REQUEST)
 }
 
 fn describe(trigger: Trigger) -> &'static str {
@@ -362,7 +365,7 @@ pub fn start_trash_cleanup(upper_root: &Path) -> Result<Option<i32>> {
         return Ok(None);
     };
     let label = trash_dir(upper_root);
-    let pid = wipe::spawn_detached(c"ovl-trash-wipe", move || {
+    let pid = process::spawn_detached(c"ovl-trash-wipe", move || {
         match remove_trash_at(trash.as_fd(), &label) {
             Ok(report) if report.is_complete() => 0,
             Ok(_) => 1,
@@ -393,12 +396,12 @@ pub fn finish_trash_removal(upper_root: &Path) -> Result<WipeReport> {
         return Ok(WipeReport::default());
     };
     let label = trash_dir(upper_root);
-    wipe::lock_exclusive(trash.as_fd()).with_context(|| format!("lock {}", label.display()))?;
+    lock::lock_exclusive(trash.as_fd()).with_context(|| format!("lock {}", label.display()))?;
     wipe::wipe_contents(trash.as_fd(), &label)
 }
 
 fn open_trash_if_nonempty(upper_root: &Path) -> Result<Option<OwnedFd>> {
-    let root = wipe::open_dir(upper_root)?;
+    let root = dirfd::open_dir(upper_root)?;
     let Some(state) = open_if_present(root.as_fd(), STATE_DIR)? else {
         return Ok(None);
     };
@@ -406,14 +409,14 @@ fn open_trash_if_nonempty(upper_root: &Path) -> Result<Option<OwnedFd>> {
         return Ok(None);
     };
     let label = trash_dir(upper_root);
-    let empty = wipe::list_names(trash.as_fd())
+    let empty = dirfd::list_names(trash.as_fd())
         .with_context(|| format!("list {}", label.display()))?
         .is_empty();
     Ok((!empty).then_some(trash))
 }
 
 fn open_if_present(dir: BorrowedFd<'_>, name: &CStr) -> Result<Option<OwnedFd>> {
-    match wipe::open_dir_at(dir, name) {
+    match dirfd::open_dir_at(dir, name) {
         Ok(fd) => Ok(Some(fd)),
         Err(rustix::io::Errno::NOENT) => Ok(None),
         Err(e) => Err(e).with_context(|| format!("open {name:?} (no symlinks)")),
@@ -421,7 +424,7 @@ fn open_if_present(dir: BorrowedFd<'_>, name: &CStr) -> Result<Option<OwnedFd>> 
 }
 
 fn remove_trash_at(trash: BorrowedFd<'_>, label: &Path) -> Result<WipeReport> {
-    if !wipe::try_lock_exclusive(trash)? {
+    if !lock::try_lock_exclusive(trash)? {
         log::info!(
             "reset: {} is already being removed by another process",
             label.display()
@@ -446,8 +449,8 @@ fn remove_trash_at(trash: BorrowedFd<'_>, label: &Path) -> Result<WipeReport> {
 /// `overlay-init reset`: record a durable request, honoured at the next boot.
 /// `upper_root` is the upper's filesystem in the running system (`/overlay`).
 pub fn request(upper_root: &Path) -> Result<()> {
-    let root = wipe::open_dir(upper_root)?;
-    if wipe::is_volatile_fs(root.as_fd())? {
+    let root = dirfd::open_dir(upper_root)?;
+    if statfs::is_volatile_fs(root.as_fd())? {
         bail!(
             "{} is in memory (tmpfs): every boot already starts from the factory state",
             upper_root.display()
@@ -455,7 +458,7 @@ pub fn request(upper_root: &Path) -> Result<()> {
     }
     let (state, _) =
         ensure_state_dir(root.as_fd()).with_context(|| format!("in {}", upper_root.display()))?;
-    wipe::write_durably(state.as_fd(), REQUEST, b"requested-by=cli\n").with_context(|| {
+    dirfd::write_durably(state.as_fd(), REQUEST, b"requested-by=cli\n").with_context(|| {
         format!(
             "record a reset request in {}",
             state_dir(upper_root).display()
@@ -470,11 +473,11 @@ pub fn request(upper_root: &Path) -> Result<()> {
 
 /// `overlay-init reset --cancel`: drop a pending request. `Ok(true)` if there was one.
 pub fn cancel(upper_root: &Path) -> Result<bool> {
-    let root = wipe::open_dir(upper_root)?;
+    let root = dirfd::open_dir(upper_root)?;
     let Some(state) = open_if_present(root.as_fd(), STATE_DIR)? else {
         return Ok(false);
     };
-    wipe::remove_durably(state.as_fd(), REQUEST).with_context(|| {
+    dirfd::remove_durably(state.as_fd(), REQUEST).with_context(|| {
         format!(
             "cancel the reset request in {}",
             state_dir(upper_root).display()
@@ -495,7 +498,7 @@ pub struct Status {
 
 /// Report whether a reset is pending and how much trash is left.
 pub fn status(upper_root: &Path) -> Result<Status> {
-    let root = wipe::open_dir(upper_root)?;
+    let root = dirfd::open_dir(upper_root)?;
     let Some(state) = open_if_present(root.as_fd(), STATE_DIR)? else {
         return Ok(Status {
             reset_pending: false,
@@ -503,10 +506,10 @@ pub fn status(upper_root: &Path) -> Result<Status> {
             trash_generations: 0,
         });
     };
-    let contents = wipe::read_small_file(state.as_fd(), REQUEST)?;
+    let contents = dirfd::read_small_file(state.as_fd(), REQUEST)?;
     let requested_by = contents.as_deref().and_then(parse_requested_by);
     let trash_generations = match open_if_present(state.as_fd(), TRASH)? {
-        Some(trash) => wipe::list_names(trash.as_fd())?.len(),
+        Some(trash) => dirfd::list_names(trash.as_fd())?.len(),
         None => 0,
     };
     Ok(Status {

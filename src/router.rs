@@ -10,15 +10,10 @@
 //! the API filesystems move along, and the staging tmpfs — now at `/rom/tmp`
 //! — is detached, so `/rom` shows the squashfs exactly as it is.
 //!
-//! How the boot path strings these together:
-//!
-//! 1. `detect_boot_mode()` after /proc is mounted → [`BootMode::Router`];
-//! 2. [`prepare_staging`] → an [`overlay::Staging`] whose dir is the tmpfs;
-//! 3. the upper (tmpfs or device, reset, failsafe, fallbacks) and extra
-//!    lowers at `staging.upper_fs()` / `staging.extra_lower(n)` as usual;
-//! 4. the overlay on `staging.root()` with lowers [`lowers`] (`/` first);
-//! 5. [`move_upper_into_root`], then `check_init` with [`real_init`];
-//! 6. [`pivot_into_overlay`], reopen the console, exec the real init.
+//! The boot's one sequence (`crate::boot::sequence`) uses these in
+//! `RootMode::KernelRoot`: [`prepare_staging`] (a [`Staging`] whose dir is the
+//! tmpfs), lowers [`lowers`] (`/` first), [`move_upper_into_root`],
+//! [`real_init`], [`move_api_mounts`] and [`pivot_into_new_root`].
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +21,7 @@ use anyhow::{bail, Context, Result};
 use rustix::mount::MountFlags;
 
 use crate::cmdline::{Config, DEFAULT_INIT};
+use crate::mountinfo::parse_mountinfo;
 use crate::overlay::Staging;
 use crate::sys;
 use crate::sys::mount::{ensure_dir, is_mountpoint, make_rprivate, mount_fs, move_mount, umount};
@@ -35,9 +31,9 @@ use crate::sys::mount::{ensure_dir, is_mountpoint, make_rprivate, mount_fs, move
 pub const STAGING_CANDIDATES: &[&str] = &["/tmp", "/mnt"];
 
 /// Where the old root is attached inside the new one.
-pub const OLD_ROOT: &str = "rom";
+pub const OLD_ROOT: &str = crate::layout::ROM_NAME;
 /// Where the upper's filesystem appears inside the new root.
-pub const UPPER_MOUNT: &str = "overlay";
+pub const UPPER_MOUNT: &str = crate::layout::OVERLAY_NAME;
 
 /// Filesystem types `/` has when the kernel unpacked an initramfs into it.
 const INITRAMFS_FSTYPES: &[&str] = &["rootfs", "tmpfs", "ramfs"];
@@ -60,53 +56,6 @@ pub struct RootMount {
     /// `MAJOR:MINOR` of the filesystem.
     pub device: String,
     pub read_only: bool,
-}
-
-/// One line of `/proc/self/mountinfo`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountInfoEntry {
-    pub mount_id: u32,
-    pub parent_id: u32,
-    pub device: String,
-    pub root: String,
-    pub mount_point: String,
-    pub mount_options: String,
-    pub fstype: String,
-    pub source: String,
-    pub super_options: String,
-}
-
-/// Parse one mountinfo line:
-/// `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS`.
-pub fn parse_mountinfo_line(line: &str) -> Option<MountInfoEntry> {
-    let (before, after) = line.split_once(" - ")?;
-    let mut fields = before.split(' ');
-    let mount_id = fields.next()?.parse().ok()?;
-    let parent_id = fields.next()?.parse().ok()?;
-    let device = fields.next()?.to_string();
-    let root = sys::mount::unescape_octal(fields.next()?);
-    let mount_point = sys::mount::unescape_octal(fields.next()?);
-    let mount_options = fields.next()?.to_string();
-    let mut fields = after.split(' ');
-    let fstype = fields.next()?.to_string();
-    let source = sys::mount::unescape_octal(fields.next()?);
-    let super_options = fields.next().unwrap_or("").to_string();
-    Some(MountInfoEntry {
-        mount_id,
-        parent_id,
-        device,
-        root,
-        mount_point,
-        mount_options,
-        fstype,
-        source,
-        super_options,
-    })
-}
-
-/// Every parseable line of a mountinfo text, in order.
-pub fn parse_mountinfo(text: &str) -> Vec<MountInfoEntry> {
-    text.lines().filter_map(parse_mountinfo_line).collect()
 }
 
 /// The boot mode from mountinfo: what is mounted at `/`. The last entry for
@@ -169,7 +118,7 @@ pub fn choose_staging_dir(
 /// OpenWrt images have no `/run` to mount on.
 pub fn keep_dir(staging_dir: &Path, run_is_mounted: bool) -> PathBuf {
     if run_is_mounted {
-        PathBuf::from(crate::boot::KEEP_DIR)
+        PathBuf::from(crate::layout::RUN_DIR)
     } else {
         staging_dir.join("keep")
     }
@@ -236,10 +185,9 @@ pub fn real_init(config: &Config, argv0: &str) -> Result<String> {
     Ok(init.to_string())
 }
 
-/// The point of no return: move the API filesystems (those of `api_mounts`
-/// that are mounted) into the new root, pivot_root into it with the old root
-/// at `/rom`, and detach the staging tmpfs from under `/rom`.
-pub fn pivot_into_overlay(staging: &Staging, api_mounts: &[&str]) -> Result<()> {
+/// Move the API filesystems (those of `api_mounts` that are mounted) into
+/// the new root. `/` is made private first: pivot_root refuses shared mounts.
+pub fn move_api_mounts(staging: &Staging, api_mounts: &[&str]) -> Result<()> {
     let root = staging.root();
     // pivot_root refuses shared mounts; a kernel-mounted root normally is
     // private already, but nothing before us promised that.
@@ -253,7 +201,13 @@ pub fn pivot_into_overlay(staging: &Staging, api_mounts: &[&str]) -> Result<()> 
         let inside = root.join(relative(target));
         move_mount(target, &inside)?;
     }
-    sys::pivot::pivot_root(&root, OLD_ROOT)?;
+    Ok(())
+}
+
+/// The point of no return: pivot_root into the new root with the old root
+/// at `/rom`, and detach the staging tmpfs from under `/rom`.
+pub fn pivot_into_new_root(staging: &Staging) -> Result<()> {
+    sys::pivot::pivot_root(&staging.root(), OLD_ROOT)?;
     let old_staging = Path::new("/").join(OLD_ROOT).join(relative(&staging.dir));
     // Lazy: the overlay keeps its own private references to the extra lowers
     // mounted in there.
@@ -281,37 +235,6 @@ mod tests {
 16 15 0:5 / /dev rw,nosuid,relatime - devtmpfs devtmpfs rw,size=61036k,mode=755
 17 15 0:20 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
 ";
-
-    #[test]
-    fn parses_a_line_with_optional_fields_and_escapes() {
-        let e = parse_mountinfo_line(
-            "36 35 98:0 /mnt1 /mnt\\0402 rw,noatime master:1 shared:7 - ext3 /dev/root rw,errors=continue",
-        )
-        .unwrap();
-        assert_eq!(e.mount_id, 36);
-        assert_eq!(e.parent_id, 35);
-        assert_eq!(e.device, "98:0");
-        assert_eq!(e.root, "/mnt1");
-        assert_eq!(e.mount_point, "/mnt 2");
-        assert_eq!(e.mount_options, "rw,noatime");
-        assert_eq!(e.fstype, "ext3");
-        assert_eq!(e.source, "/dev/root");
-        assert_eq!(e.super_options, "rw,errors=continue");
-    }
-
-    #[test]
-    fn rejects_malformed_lines() {
-        assert_eq!(parse_mountinfo_line(""), None);
-        assert_eq!(parse_mountinfo_line("36 35 98:0 / / rw"), None);
-        assert_eq!(
-            parse_mountinfo_line("x 35 98:0 / / rw - ext4 /dev/a rw"),
-            None
-        );
-        assert_eq!(
-            parse_mountinfo("garbage\n1 1 0:2 / / rw - rootfs rootfs rw\n").len(),
-            1
-        );
-    }
 
     #[test]
     fn initramfs_root_is_not_router_mode() {

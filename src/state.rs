@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 /// Where the boot leaves its state, as the running system sees it.
-pub const STATE_PATH: &str = "/run/overlay-init/state";
+pub const STATE_PATH: &str = crate::layout::STATE_FILE;
 
 /// Normal or failsafe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

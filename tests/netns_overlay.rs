@@ -1,5 +1,6 @@
 //! Assembling an overlay root against the real kernel, without booting: a
-//! squashfs or ext4 lower and a tmpfs or ext4 upper on real loop devices, the
+//! squashfs or ext4 lower and a tmpfs or ext4 upper on real loop devices (a
+//! device upper through the boot's own `boot::upper` steps), the
 //! overlay, and the moves of `/rom` and `/overlay` into the new root. Each test
 //! runs in its own private mount namespace (see `netns_support`).
 //!
@@ -11,6 +12,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use netns_support::{in_private_mount_namespace, mksquashfs, tree, Ext4, Loop};
+use overlay_init::boot::upper::{mount_upper, prepare_upper_dirs, UpperKind};
+use overlay_init::cmdline::Config;
 use overlay_init::fstype::FsType;
 use overlay_init::overlay::{self, Staging};
 use overlay_init::sys::mount::is_mountpoint;
@@ -57,8 +60,11 @@ fn squashfs_lower_ext4_upper_moves_rom_and_overlay() {
             FsType::Ext4
         );
         overlay::mount_lower(&lower.dev, FsType::Squashfs, None, &staging.rom()).unwrap();
-        overlay::mount_device_upper(&upper.dev, FsType::Ext4, &staging.upper_fs()).unwrap();
-        let (u, w) = overlay::prepare_upper_dirs(&staging.upper_fs()).unwrap();
+        // The boot's own "upper" step: read-only first, checked, then read-write.
+        let config = Config::default();
+        let mut kind = mount_upper(&config, &staging, Some(&upper.dev), None).unwrap();
+        assert_eq!(kind, UpperKind::Persistent(upper.dev.clone()));
+        let (u, w) = prepare_upper_dirs(&config, &staging, &mut kind).unwrap();
         overlay::mount_overlay(&[staging.rom()], &u, &w, &staging.root()).unwrap();
 
         let root = staging.root();
@@ -154,19 +160,22 @@ fn two_lowers_main_lower_wins() {
 }
 
 #[test]
-fn read_only_upper_device_is_refused() {
-    in_private_mount_namespace("read_only_upper_device_is_refused", |dir| {
+fn read_only_upper_device_degrades_to_tmpfs() {
+    in_private_mount_namespace("read_only_upper_device_degrades_to_tmpfs", |dir| {
         let upper_img = dir.join("upper.ext4");
         Ext4::mib(16).label("upper").write_to(&upper_img);
         let before = fs::read(&upper_img).unwrap();
         let upper = Loop::attach(&upper_img, true);
-        let target = dir.join("upper-mnt");
-        let err = overlay::mount_device_upper(&upper.dev, FsType::Ext4, &target).unwrap_err();
-        assert!(
-            format!("{err:#}").contains(&*upper.dev.to_string_lossy()),
-            "{err:#}"
-        );
-        assert!(!is_mountpoint(&target));
+        let staging = Staging::new(dir.join("staging"), dir.join("keep"));
+        // The boot's own "upper" step: the device will not mount read-write.
+        let kind = mount_upper(&Config::default(), &staging, Some(&upper.dev), None).unwrap();
+        let UpperKind::FallbackTmpfs { device, reason } = kind else {
+            panic!("a read-only upper device is not used: {kind:?}");
+        };
+        assert_eq!(device, upper.dev);
+        assert!(reason.contains(&*upper.dev.to_string_lossy()), "{reason}");
+        assert_eq!(mounted_fstype(&staging.upper_fs()), "tmpfs");
+        overlay_init::sys::mount::umount(&staging.upper_fs(), false).unwrap();
         drop(upper);
         assert!(
             fs::read(&upper_img).unwrap() == before,

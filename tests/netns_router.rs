@@ -1,8 +1,9 @@
 //! Router mode against the real kernel, without booting: a squashfs root is
 //! loop-mounted and chrooted into (standing in for the root the kernel mounts
-//! from flash), then the router sequence runs — detect the mode, stage on a
-//! tmpfs over the read-only root's `/tmp`, overlay `/` with a tmpfs upper and
-//! an extra lower, pivot_root — and the new root is checked from inside.
+//! from flash), then the boot's own sequence runs in `RootMode::KernelRoot` —
+//! API mounts, stage on a tmpfs over the read-only root's `/tmp`, overlay `/`
+//! with a tmpfs upper and an extra lower (an image file on the root),
+//! pivot_root — and the new root is checked from inside.
 //! Each test runs in its own private mount namespace (see `netns_support`),
 //! so the pivot never touches the host.
 //!
@@ -15,10 +16,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use netns_support::{in_private_mount_namespace, mksquashfs, tree};
-use overlay_init::overlay;
+use overlay_init::boot::upper::UpperKind;
+use overlay_init::boot::{self, RootMode};
 use overlay_init::router::{self, BootMode};
 use overlay_init::sys::loopdev;
 use overlay_init::sys::mount::{is_mountpoint, mount_fs};
+use overlay_init::timeline::Timeline;
 use rustix::mount::MountFlags;
 
 const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
@@ -34,6 +37,17 @@ fn fs_magic(path: &str) -> i64 {
 /// A squashfs image of a tree with the given files (those in `sbin/`
 /// executable) and empty directories.
 fn squashfs(dir: &Path, name: &str, files: &[(&str, &str)], dirs: &[&str]) -> PathBuf {
+    squashfs_with(dir, name, files, dirs, &[])
+}
+
+/// [`squashfs`], with `copies` (host file, path in the image) copied in.
+fn squashfs_with(
+    dir: &Path,
+    name: &str,
+    files: &[(&str, &str)],
+    dirs: &[&str],
+    copies: &[(&Path, &str)],
+) -> PathBuf {
     let src = dir.join(format!("{name}-src"));
     tree(&src, files);
     for (path, _) in files.iter().filter(|(p, _)| p.starts_with("sbin/")) {
@@ -41,6 +55,11 @@ fn squashfs(dir: &Path, name: &str, files: &[(&str, &str)], dirs: &[&str]) -> Pa
     }
     for d in dirs {
         fs::create_dir_all(src.join(d)).unwrap();
+    }
+    for (from, to) in copies {
+        let to = src.join(to);
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(from, to).unwrap();
     }
     let image = dir.join(format!("{name}.sqsh"));
     mksquashfs(&src, &image);
@@ -62,14 +81,23 @@ fn mount_squashfs(image: &Path, target: &Path) {
 }
 
 /// Build a router root, chroot into it as the kernel would have mounted it,
-/// run the router sequence, and check the result. `with_run`: the image has a
-/// `/run` (a tmpfs is mounted there), as opposed to OpenWrt's layout.
+/// run the boot's own sequence (`boot::sequence` in `RootMode::KernelRoot`)
+/// up to and including the pivot, and check the result. `with_run`: the
+/// image has a `/run` (a tmpfs is mounted there), as opposed to OpenWrt's
+/// layout.
 fn router_boot(dir: &Path, with_run: bool) {
     let mut dirs = vec!["proc", "sys", "dev", "tmp", "mnt"];
     if with_run {
         dirs.push("run");
     }
-    let root_image = squashfs(
+    // The extra lower is an image file on the root (`ovl.lower=/images/...`).
+    let extra_image = squashfs(
+        dir,
+        "extra",
+        &[("usr/extra", "from the extra lower\n")],
+        &[],
+    );
+    let root_image = squashfs_with(
         dir,
         "root",
         &[
@@ -77,12 +105,7 @@ fn router_boot(dir: &Path, with_run: bool) {
             ("sbin/init", "#!/bin/sh\n"),
         ],
         &dirs,
-    );
-    let extra_image = squashfs(
-        dir,
-        "extra",
-        &[("usr/extra", "from the extra lower\n")],
-        &[],
+        &[(&extra_image, "images/extra.sqsh")],
     );
 
     let rootimg = dir.join("rootimg");
@@ -91,60 +114,54 @@ fn router_boot(dir: &Path, with_run: bool) {
         fs::write(rootimg.join("tmp/probe"), b"").is_err(),
         "the stand-in root is read-only"
     );
-    // Opened now: the extra lower's image is outside the chroot.
-    let extra_fd = fs::File::open(&extra_image).unwrap();
     rustix::process::chroot(&rootimg).unwrap();
     rustix::process::chdir("/").unwrap();
 
-    // What the boot path's API mounts do.
-    mount_fs("proc", Path::new("/proc"), "proc", MountFlags::empty(), "").unwrap();
-    mount_fs("sysfs", Path::new("/sys"), "sysfs", MountFlags::empty(), "").unwrap();
-    mount_fs(
-        "devtmpfs",
-        Path::new("/dev"),
-        "devtmpfs",
-        MountFlags::empty(),
-        "",
-    )
-    .unwrap();
-    if with_run {
-        mount_fs("run", Path::new("/run"), "tmpfs", MountFlags::empty(), "").unwrap();
-    }
-
+    let mode = RootMode::KernelRoot;
+    mode.mount_api_filesystems().unwrap();
+    assert_eq!(is_mountpoint(Path::new("/run")), with_run);
     let BootMode::Router(root) = router::detect_boot_mode().unwrap() else {
         panic!("a squashfs / is router mode");
     };
     assert_eq!(root.fstype, "squashfs");
     assert!(root.read_only);
 
-    let staging = router::prepare_staging().unwrap();
-    assert_eq!(staging.dir, Path::new("/tmp"));
+    let parsed =
+        overlay_init::cmdline::parse("init=/sbin/overlay-init ovl.lower=/images/extra.sqsh");
+    assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
+    let mut timeline = Timeline::default();
+    let booted = boot::sequence(mode, &parsed.config, "/sbin/overlay-init", &mut timeline)
+        .unwrap_or_else(|e| panic!("step {}: {:#}", e.step, e.error));
+    assert_eq!(booted.init, "/sbin/init");
+    assert_eq!(booted.upper, UpperKind::Tmpfs);
+    assert_eq!(booted.staging.dir, Path::new("/tmp"));
     let expected_keep = if with_run {
         "/run/overlay-init"
     } else {
         "/tmp/keep"
     };
-    assert_eq!(staging.keep_dir, Path::new(expected_keep));
-
-    // An extra lower, through its fd: its path is outside the chroot.
-    let extra_path = format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&extra_fd)
+    assert_eq!(booted.staging.keep_dir, Path::new(expected_keep));
+    // Both modes time the same steps; only the initramfs is freed.
+    let steps: Vec<&str> = timeline.steps.iter().map(|(name, _)| *name).collect();
+    assert_eq!(
+        steps,
+        [
+            "failsafe window",
+            "modules",
+            "device wait",
+            "staging",
+            "lower",
+            "extra lowers",
+            "upper",
+            "upper dirs",
+            "overlay",
+            "move layers",
+            "check init",
+            "record boot",
+            "move api mounts",
+            "switch root",
+        ]
     );
-    let extra_target = staging.extra_lower(0);
-    mount_squashfs(Path::new(&extra_path), &extra_target);
-
-    let upper_fs = staging.upper_fs();
-    overlay::mount_tmpfs_upper(&upper_fs, None).unwrap();
-    let (upper, work) = overlay::prepare_upper_dirs(&upper_fs).unwrap();
-    let lowers = router::lowers(&[extra_target]);
-    overlay::mount_overlay(&lowers, &upper, &work, &staging.root()).unwrap();
-    router::move_upper_into_root(&staging).unwrap();
-    let config = overlay_init::cmdline::parse("init=/sbin/overlay-init").config;
-    let init = router::real_init(&config, "/sbin/overlay-init").unwrap();
-    overlay_init::sys::switch::check_init(&staging.root(), &init).unwrap();
-
-    router::pivot_into_overlay(&staging, &["/run", "/dev", "/sys", "/proc"]).unwrap();
 
     // `/` is the overlay: the rom's files, the extra lower's, and writable.
     assert_eq!(fs_magic("/"), OVERLAYFS_MAGIC);

@@ -1,14 +1,19 @@
 //! The only place that talks to the kernel. Every `unsafe` block lives here,
 //! each with a SAFETY note.
+#![allow(unsafe_code)]
 pub mod blockdev;
 pub mod console_key;
+pub mod dirfd;
 pub mod io;
 pub mod kmsg;
+pub mod lock;
 pub mod loopdev;
 pub mod modules;
 pub mod mount;
 pub mod pivot;
 pub mod power;
+pub mod process;
+pub mod statfs;
 pub mod switch;
 pub mod uevent;
 pub mod upperfs;

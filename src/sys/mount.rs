@@ -93,49 +93,12 @@ pub fn is_mountpoint(path: &Path) -> bool {
         return false;
     }
     let want = canon.to_string_lossy();
-    info.lines()
-        .any(|line| line.split(' ').nth(4).map(unescape_octal).as_deref() == Some(&*want))
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-pub fn unescape_octal(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') as u32 * 64
-                + (bytes[i + 2] - b'0') as u32 * 8
-                + (bytes[i + 3] - b'0') as u32;
-            out.push(v as u8);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::mountinfo::parse_mountinfo(&info)
+        .iter()
+        .any(|entry| entry.mount_point == want)
 }
 
 /// `mkdir -p`, with context.
 pub fn ensure_dir(path: &Path) -> Result<()> {
     fs::create_dir_all(path).with_context(|| format!("create directory {}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unescapes_mountinfo_paths() {
-        assert_eq!(unescape_octal(r"/a\040b"), "/a b");
-        assert_eq!(unescape_octal(r"/a\134b"), "/a\\b");
-        assert_eq!(unescape_octal(r"/x\04"), r"/x\04");
-        assert_eq!(unescape_octal("/plain"), "/plain");
-    }
 }

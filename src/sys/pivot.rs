@@ -31,6 +31,6 @@ pub fn pivot_root(new_root: &Path, put_old: &str) -> Result<()> {
 /// Whether `/` is a ramfs or tmpfs, i.e. an initramfs: the fallback test when
 /// /proc is not mounted.
 pub fn root_is_ram_filesystem() -> Result<bool> {
-    let root = crate::sys::wipe::open_dir(Path::new("/"))?;
-    crate::sys::wipe::is_volatile_fs(root.as_fd()).context("statfs /")
+    let root = crate::sys::dirfd::open_dir(Path::new("/"))?;
+    crate::sys::statfs::is_volatile_fs(root.as_fd()).context("statfs /")
 }

@@ -3,15 +3,15 @@
 
 use std::ffi::OsString;
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use rustix::fs::{openat2, FileType, Mode, OFlags, ResolveFlags};
 
-use crate::switch::classify_executable;
-use crate::sys::wipe;
+use crate::executable::classify_executable;
+use crate::sys::{dirfd, statfs, wipe};
 
 /// Check that `init` names a runnable file inside `new_root`, resolving
 /// symlinks as the kernel will once `new_root` is `/`.
@@ -59,8 +59,8 @@ pub struct FreeStats {
 /// symlinks ([`wipe::wipe_contents`]). Refuses unless `/` really is a
 /// ramfs/tmpfs.
 pub fn free_initramfs() -> Result<FreeStats> {
-    let root = wipe::open_dir(Path::new("/"))?;
-    if !wipe::is_volatile_fs(root.as_fd()).context("statfs /")? {
+    let root = dirfd::open_dir(Path::new("/"))?;
+    if !statfs::is_volatile_fs(root.as_fd()).context("statfs /")? {
         bail!("refusing to delete / : it is not an initramfs (not a ramfs or tmpfs)");
     }
     let report = wipe::wipe_contents(root.as_fd(), Path::new("/"))?;
@@ -88,14 +88,9 @@ pub fn enter_new_root(new_root: &Path) -> Result<()> {
 pub fn reopen_console() -> Result<()> {
     let console = rustix::fs::open("/dev/console", OFlags::RDWR | OFlags::NOCTTY, Mode::empty())
         .context("open /dev/console")?;
-    for target in 0..3 {
-        // SAFETY: fds 0..=2 are the standard streams, owned by this process for its
-        // whole life; dup2 replaces them atomically and we never close them.
-        let mut std_fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(target) };
-        let r = rustix::io::dup2(console.as_fd(), &mut std_fd);
-        std::mem::forget(std_fd);
-        r.with_context(|| format!("dup2 console to fd {target}"))?;
-    }
+    rustix::stdio::dup2_stdin(&console).context("dup2 console to stdin")?;
+    rustix::stdio::dup2_stdout(&console).context("dup2 console to stdout")?;
+    rustix::stdio::dup2_stderr(&console).context("dup2 console to stderr")?;
     Ok(())
 }
 

@@ -7,14 +7,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use rustix::mount::MountFlags;
 
+use crate::boot::failure::warn_box;
 use crate::cmdline::{Config, UpperSpec};
-use crate::fail::warn_box;
 use crate::failsafe;
 use crate::lower::detect_fstype;
 use crate::overlay::{self, Staging};
 use crate::sys;
 use crate::sys::mount::mount_fs;
-use crate::timeline::{StepError, Timeline};
 
 /// What kind of upper the boot ended up with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,132 +36,141 @@ pub enum UpperKind {
 /// The tmpfs that holds a failsafe boot's changes (kept visible in the new
 /// system under `/run/overlay-init`).
 pub fn failsafe_upper_fs(staging: &Staging) -> PathBuf {
-    staging.keep_dir.join("failsafe-upper")
+    staging.keep_dir.join(crate::layout::FAILSAFE_UPPER)
 }
 
-/// The upper (with reset and fallbacks), the overlay mount, and the moves of the
-/// layers into it. Shared by initramfs and router mode. `lower_dev` is the
-/// main lower's device number (a reset refuses to run on it).
-pub fn assemble_upper_and_overlay(
+/// The "upper" step: a tmpfs, or the persistent `device` (read-only first,
+/// see [`mount_persistent_upper`]), at `staging.upper_fs()`; in failsafe the
+/// changes go to a tmpfs. A device that cannot be used degrades to a tmpfs.
+pub fn mount_upper(
     config: &Config,
     staging: &Staging,
-    lowers: &[PathBuf],
-    lower_dev: u64,
-    upper_device: Option<&Path>,
+    device: Option<&Path>,
     early_failsafe: Option<failsafe::Reason>,
-    timeline: &mut Timeline,
-) -> std::result::Result<UpperKind, StepError> {
+) -> Result<UpperKind> {
     let upper_fs = staging.upper_fs();
-    let mut kind = timeline.step("upper", || {
-        let Some(dev) = upper_device else {
-            if let Some(reason) = early_failsafe {
+    let Some(dev) = device else {
+        if let Some(reason) = early_failsafe {
+            overlay::mount_tmpfs_upper(&upper_fs, config.size)?;
+            announce_failsafe(reason, None);
+            return Ok(UpperKind::Failsafe {
+                device: None,
+                reason,
+            });
+        }
+        if config.reset {
+            log::info!("ovl.reset: the upper is a tmpfs, which starts empty; nothing to reset");
+        }
+        overlay::mount_tmpfs_upper(&upper_fs, config.size)?;
+        return Ok(UpperKind::Tmpfs);
+    };
+    match mount_persistent_upper(dev, config, &upper_fs, early_failsafe) {
+        Ok(None) => Ok(UpperKind::Persistent(dev.to_path_buf())),
+        Ok(Some(reason)) => {
+            // The device stays read-only at upper_fs; the changes go to a tmpfs.
+            overlay::mount_tmpfs_upper(&failsafe_upper_fs(staging), config.size)?;
+            announce_failsafe(reason, Some(dev));
+            Ok(UpperKind::Failsafe {
+                device: Some(dev.to_path_buf()),
+                reason,
+            })
+        }
+        Err(why) => match early_failsafe {
+            Some(reason) => {
+                warn_box(
+                    "failsafe: the persistent upper cannot be mounted, even read-only",
+                    &[
+                        format!("device: {}", dev.display()),
+                        format!("reason: {why:#}"),
+                    ],
+                );
                 overlay::mount_tmpfs_upper(&upper_fs, config.size)?;
                 announce_failsafe(reason, None);
-                return Ok(UpperKind::Failsafe {
-                    device: None,
-                    reason,
-                });
-            }
-            if config.reset {
-                log::info!("ovl.reset: the upper is a tmpfs, which starts empty; nothing to reset");
-            }
-            overlay::mount_tmpfs_upper(&upper_fs, config.size)?;
-            return Ok(UpperKind::Tmpfs);
-        };
-        match mount_persistent_upper(dev, config, &upper_fs, early_failsafe) {
-            Ok(None) => Ok(UpperKind::Persistent(dev.to_path_buf())),
-            Ok(Some(reason)) => {
-                // The device stays read-only at upper_fs; the changes go to a tmpfs.
-                overlay::mount_tmpfs_upper(&failsafe_upper_fs(staging), config.size)?;
-                announce_failsafe(reason, Some(dev));
                 Ok(UpperKind::Failsafe {
-                    device: Some(dev.to_path_buf()),
+                    device: None,
                     reason,
                 })
             }
-            Err(why) => match early_failsafe {
-                Some(reason) => {
-                    warn_box(
-                        "failsafe: the persistent upper cannot be mounted, even read-only",
-                        &[
-                            format!("device: {}", dev.display()),
-                            format!("reason: {why:#}"),
-                        ],
-                    );
-                    overlay::mount_tmpfs_upper(&upper_fs, config.size)?;
-                    announce_failsafe(reason, None);
-                    Ok(UpperKind::Failsafe {
-                        device: None,
-                        reason,
-                    })
-                }
-                None => fall_back_to_tmpfs(config, &upper_fs, dev, &why),
-            },
-        }
-    })?;
-    if let UpperKind::Persistent(dev) = &kind {
-        let dev = dev.clone();
-        kind = timeline.step("reset", || {
-            let flags = crate::reset::BootFlags {
-                cmdline_reset: config.reset,
-                failsafe: config.failsafe,
-            };
-            match crate::reset::apply_pending(&upper_fs, flags, Some(lower_dev)) {
-                Ok(outcome) => {
-                    log::debug!("reset: {outcome:?}");
-                    Ok(UpperKind::Persistent(dev.clone()))
-                }
-                Err(why) => {
-                    // A reset that did not finish left the old upper and the
-                    // request in place: boot clean on a tmpfs, retry next boot.
-                    sys::mount::umount(&upper_fs, false)?;
-                    fall_back_to_tmpfs(
-                        config,
-                        &upper_fs,
-                        &dev,
-                        &why.context("factory reset failed"),
-                    )
-                }
-            }
-        })?;
+            None => degrade_to_tmpfs(config, staging, dev, &why, false),
+        },
     }
-    let changes_fs = match &kind {
+}
+
+/// The "reset" step, on a persistent upper only: apply a pending factory
+/// reset (`lower_dev` is the main lower's device: a reset refuses to run on
+/// it). A reset that did not finish left the old upper and the request in
+/// place: boot clean on a tmpfs, retry next boot.
+pub fn apply_reset(
+    config: &Config,
+    staging: &Staging,
+    dev: &Path,
+    lower_dev: u64,
+) -> Result<UpperKind> {
+    let flags = crate::reset::BootFlags {
+        cmdline_reset: config.reset,
+        failsafe: config.failsafe,
+    };
+    match crate::reset::apply_pending(&staging.upper_fs(), flags, Some(lower_dev)) {
+        Ok(outcome) => {
+            log::debug!("reset: {outcome:?}");
+            Ok(UpperKind::Persistent(dev.to_path_buf()))
+        }
+        Err(why) => degrade_to_tmpfs(
+            config,
+            staging,
+            dev,
+            &why.context("factory reset failed"),
+            true,
+        ),
+    }
+}
+
+/// The "upper dirs" step: `upper/` and `work/` where the changes go. A full
+/// persistent upper (ENOSPC) or one that is not writable degrades to a tmpfs.
+pub fn prepare_upper_dirs(
+    config: &Config,
+    staging: &Staging,
+    kind: &mut UpperKind,
+) -> Result<(PathBuf, PathBuf)> {
+    let changes_fs = match kind {
         UpperKind::Failsafe {
             device: Some(_), ..
         } => failsafe_upper_fs(staging),
-        _ => upper_fs.clone(),
+        _ => staging.upper_fs(),
     };
-    // A full upper (ENOSPC) or an overlay that is not writable: degrade, don't die.
-    let (upper, work) = timeline.step("upper dirs", || {
-        match (overlay::prepare_upper_dirs(&changes_fs), &kind) {
-            (Ok(dirs), _) => Ok(dirs),
-            (Err(why), UpperKind::Persistent(dev)) => {
-                let dev = dev.clone();
-                sys::mount::umount(&upper_fs, false)?;
-                kind = fall_back_to_tmpfs(config, &upper_fs, &dev, &why)?;
-                overlay::prepare_upper_dirs(&upper_fs)
-            }
-            (Err(why), _) => Err(why),
+    match (overlay::prepare_upper_dirs(&changes_fs), &*kind) {
+        (Ok(dirs), _) => Ok(dirs),
+        (Err(why), UpperKind::Persistent(dev)) => {
+            *kind = degrade_to_tmpfs(config, staging, &dev.clone(), &why, true)?;
+            overlay::prepare_upper_dirs(&staging.upper_fs())
         }
-    })?;
-    timeline.step("overlay", || {
-        let root = staging.root();
-        match (overlay::mount_overlay(lowers, &upper, &work, &root), &kind) {
-            (Ok(()), _) => Ok(()),
-            (Err(why), UpperKind::Persistent(dev)) => {
-                let dev = dev.clone();
-                if sys::mount::is_mountpoint(&root) {
-                    sys::mount::umount(&root, false)?;
-                }
-                sys::mount::umount(&upper_fs, false)?;
-                kind = fall_back_to_tmpfs(config, &upper_fs, &dev, &why)?;
-                let (upper, work) = overlay::prepare_upper_dirs(&upper_fs)?;
-                overlay::mount_overlay(lowers, &upper, &work, &root)
+        (Err(why), _) => Err(why),
+    }
+}
+
+/// The "overlay" step: mount the overlay of `lowers` and the upper at
+/// `staging.root()`. An overlay that will not mount (or is not writable) on a
+/// persistent upper degrades to a tmpfs upper.
+pub fn mount_overlay(
+    config: &Config,
+    staging: &Staging,
+    lowers: &[PathBuf],
+    (upper, work): (PathBuf, PathBuf),
+    kind: &mut UpperKind,
+) -> Result<()> {
+    let root = staging.root();
+    match (overlay::mount_overlay(lowers, &upper, &work, &root), &*kind) {
+        (Ok(()), _) => Ok(()),
+        (Err(why), UpperKind::Persistent(dev)) => {
+            if sys::mount::is_mountpoint(&root) {
+                sys::mount::umount(&root, false)?;
             }
-            (Err(why), _) => Err(why),
+            *kind = degrade_to_tmpfs(config, staging, &dev.clone(), &why, true)?;
+            let (upper, work) = overlay::prepare_upper_dirs(&staging.upper_fs())?;
+            overlay::mount_overlay(lowers, &upper, &work, &root)
         }
-    })?;
-    Ok(kind)
+        (Err(why), _) => Err(why),
+    }
 }
 
 /// A failsafe boot must not go unnoticed: a box on the console, and the log.
@@ -185,12 +193,20 @@ fn announce_failsafe(reason: failsafe::Reason, device: Option<&Path>) {
     warn_box("FAILSAFE boot", &lines);
 }
 
-fn fall_back_to_tmpfs(
+/// The one fallback: the persistent upper `dev` is given up (unmounted from
+/// `staging.upper_fs()` when `mounted`), a warning box says why, and a tmpfs
+/// takes its place. The device is left as it was.
+fn degrade_to_tmpfs(
     config: &Config,
-    upper_fs: &Path,
+    staging: &Staging,
     dev: &Path,
     why: &anyhow::Error,
+    mounted: bool,
 ) -> Result<UpperKind> {
+    let upper_fs = staging.upper_fs();
+    if mounted {
+        sys::mount::umount(&upper_fs, false)?;
+    }
     warn_box(
         "persistent upper not used, booting on a tmpfs upper",
         &[
@@ -199,7 +215,7 @@ fn fall_back_to_tmpfs(
             "the device was left as it was; changes in this boot are lost at reboot".into(),
         ],
     );
-    overlay::mount_tmpfs_upper(upper_fs, config.size)?;
+    overlay::mount_tmpfs_upper(&upper_fs, config.size)?;
     Ok(UpperKind::FallbackTmpfs {
         device: dev.to_path_buf(),
         reason: format!("{why:#}"),
@@ -292,7 +308,7 @@ pub fn start_trash_cleanup(upper: &UpperKind) {
     if matches!(upper, UpperKind::Persistent(_)) {
         // After the switch, so the child holds nothing of the initramfs; the
         // trash is outside the overlay's view, so it cannot race the real init.
-        if let Err(e) = crate::reset::start_trash_cleanup(Path::new("/overlay")) {
+        if let Err(e) = crate::reset::start_trash_cleanup(Path::new(crate::layout::OVERLAY)) {
             log::warn!("reset: the old upper could not be scheduled for removal: {e:#}");
         }
     }
@@ -305,7 +321,7 @@ fn count_boot_attempt(config: &Config, staging: &Staging, upper: &UpperKind) -> 
     if !matches!(upper, UpperKind::Persistent(_)) || config.maxtries == 0 {
         return None;
     }
-    match crate::bootcount::increment(&staging.root().join("overlay")) {
+    match crate::bootcount::increment(&staging.root().join(crate::layout::OVERLAY_NAME)) {
         Ok(n) => {
             log::info!(
                 "boot attempt {n} since the last `overlay-init mark-good` (failsafe after {})",

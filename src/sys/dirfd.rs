@@ -1,0 +1,221 @@
+//! Directory-fd helpers and the durable directory operations the factory
+//! reset and the boot counter are built from: open without following
+//! symlinks, fsync a directory, write/replace/remove a small file durably,
+//! swap two directories atomically.
+
+use std::ffi::{CStr, CString};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use rustix::fd::{BorrowedFd, OwnedFd};
+use rustix::fs::{
+    fstat, fsync, mkdirat, openat, renameat_with, statat, unlinkat, AtFlags, Dir, Mode, OFlags,
+    RenameFlags, CWD,
+};
+use rustix::io::Errno;
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::NOCTTY);
+
+/// Open the directory `name` inside `dir` without following a symlink.
+pub fn open_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> {
+    openat(dir, name, DIR_FLAGS, Mode::empty())
+}
+
+/// Open a directory by path; the last component is never followed.
+pub fn open_dir(path: &Path) -> Result<OwnedFd> {
+    openat(CWD, path, DIR_FLAGS, Mode::empty())
+        .with_context(|| format!("open directory {} (no symlinks)", path.display()))
+}
+
+/// The device (`st_dev`) a file descriptor lives on.
+pub fn device_of(fd: BorrowedFd<'_>) -> Result<u64> {
+    Ok(fstat(fd).context("fstat")?.st_dev)
+}
+
+/// Make a directory's entries (creations, renames, removals) durable.
+pub fn fsync_dir(dir: BorrowedFd<'_>, what: &str) -> Result<()> {
+    fsync(dir).with_context(|| format!("fsync directory {what}"))
+}
+
+/// Does `name` exist inside `dir` (a symlink counts, and is not followed)?
+pub fn exists_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<bool> {
+    match statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => Ok(true),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("stat {name:?}")),
+    }
+}
+
+/// Create directory `name` in `dir`; `Ok(false)` when it already exists.
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<bool> {
+    match mkdirat(dir, name, Mode::from_raw_mode(mode)) {
+        Ok(()) => Ok(true),
+        Err(Errno::EXIST) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("mkdir {name:?}")),
+    }
+}
+
+/// Open directory `name` in `dir`, creating it first if it is missing.
+/// Returns the descriptor and whether it was created.
+pub fn ensure_dir_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<(OwnedFd, bool)> {
+    let created = mkdir_at(dir, name, mode)?;
+    let fd =
+        open_dir_at(dir, name).with_context(|| format!("open directory {name:?} (no symlinks)"))?;
+    Ok((fd, created))
+}
+
+/// How [`swap_into_place`] put the fresh entry in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Swap {
+    /// One atomic `RENAME_EXCHANGE`: the old entry now sits where the fresh one was.
+    Exchanged,
+    /// There was no old entry: the fresh one was simply renamed into place.
+    Moved,
+    /// The filesystem cannot exchange: the old entry was renamed away first,
+    /// then the fresh one renamed into place (two renames; the first one is
+    /// the point after which the old entry is gone).
+    MovedAsideThenMoved,
+}
+
+/// Put `fresh_dir/fresh_name` at `live_dir/live_name`, moving whatever was
+/// there to `fresh_dir/fresh_name` (or `fresh_dir/aside_name` when the
+/// filesystem cannot exchange). Never follows symlinks: names are moved, not
+/// what they point to.
+pub fn swap_into_place(
+    live_dir: BorrowedFd<'_>,
+    live_name: &CStr,
+    fresh_dir: BorrowedFd<'_>,
+    fresh_name: &CStr,
+    aside_name: &CStr,
+) -> Result<Swap> {
+    match renameat_with(
+        fresh_dir,
+        fresh_name,
+        live_dir,
+        live_name,
+        RenameFlags::EXCHANGE,
+    ) {
+        Ok(()) => return Ok(Swap::Exchanged),
+        Err(Errno::NOENT) => {}
+        Err(Errno::INVAL) | Err(Errno::NOSYS) | Err(Errno::OPNOTSUPP) => {
+            // No RENAME_EXCHANGE here: move the old entry aside, then the fresh one in.
+            if exists_at(live_dir, live_name)? {
+                renameat_with(
+                    live_dir,
+                    live_name,
+                    fresh_dir,
+                    aside_name,
+                    RenameFlags::NOREPLACE,
+                )
+                .with_context(|| format!("rename {live_name:?} aside to {aside_name:?}"))?;
+                move_into_place(live_dir, live_name, fresh_dir, fresh_name)?;
+                return Ok(Swap::MovedAsideThenMoved);
+            }
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("exchange {live_name:?} with {fresh_name:?}"))
+        }
+    }
+    // ENOENT: either the live entry is missing (move the fresh one in), or the
+    // fresh one is missing, which the caller never lets happen.
+    if !exists_at(fresh_dir, fresh_name)? {
+        bail!("{fresh_name:?} to swap into place is missing");
+    }
+    move_into_place(live_dir, live_name, fresh_dir, fresh_name)?;
+    Ok(Swap::Moved)
+}
+
+fn move_into_place(
+    live_dir: BorrowedFd<'_>,
+    live_name: &CStr,
+    fresh_dir: BorrowedFd<'_>,
+    fresh_name: &CStr,
+) -> Result<()> {
+    renameat_with(
+        fresh_dir,
+        fresh_name,
+        live_dir,
+        live_name,
+        RenameFlags::NOREPLACE,
+    )
+    .with_context(|| format!("rename {fresh_name:?} into place as {live_name:?}"))
+}
+
+/// Write `contents` to `dir/name` so that it survives a power cut: write a
+/// temporary file, fsync it, rename it over `name`, fsync the directory.
+pub fn write_durably(dir: BorrowedFd<'_>, name: &CStr, contents: &[u8]) -> Result<()> {
+    let mut tmp = name.to_bytes().to_vec();
+    tmp.extend_from_slice(b".tmp");
+    let tmp = CString::new(tmp).expect("a CStr plus a suffix has no NUL");
+    let flags =
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let file = openat(dir, tmp.as_c_str(), flags, Mode::from_raw_mode(0o644))
+        .with_context(|| format!("create {tmp:?}"))?;
+    let mut rest = contents;
+    while !rest.is_empty() {
+        let n = rustix::io::write(&file, rest).with_context(|| format!("write {tmp:?}"))?;
+        rest = &rest[n..];
+    }
+    fsync(&file).with_context(|| format!("fsync {tmp:?}"))?;
+    drop(file);
+    renameat_with(dir, tmp.as_c_str(), dir, name, RenameFlags::empty())
+        .with_context(|| format!("rename {tmp:?} to {name:?}"))?;
+    fsync_dir(dir, &format!("holding {name:?}"))
+}
+
+/// Remove `dir/name` durably (unlink + fsync the directory).
+/// `Ok(false)` when there was nothing to remove.
+pub fn remove_durably(dir: BorrowedFd<'_>, name: &CStr) -> Result<bool> {
+    match unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) => {}
+        Err(Errno::NOENT) => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("remove {name:?}")),
+    }
+    fsync_dir(dir, &format!("that held {name:?}"))?;
+    Ok(true)
+}
+
+/// Read a small file `dir/name` without following a symlink; `None` if missing.
+pub fn read_small_file(dir: BorrowedFd<'_>, name: &CStr) -> Result<Option<Vec<u8>>> {
+    let file = match openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(f) => f,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("open {name:?}")),
+    };
+    let mut out = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let n = rustix::io::read(&file, &mut buf).with_context(|| format!("read {name:?}"))?;
+        if n == 0 || out.len() > 64 * 1024 {
+            return Ok(Some(out));
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The names in a directory, without `.` and `..`.
+pub fn list_names(dir: BorrowedFd<'_>) -> Result<Vec<CString>> {
+    let mut names = Vec::new();
+    let mut reader = Dir::read_from(dir).context("open directory stream")?;
+    while let Some(entry) = reader.read() {
+        let entry = entry.context("read directory")?;
+        let name = entry.file_name();
+        if !is_dot_or_dotdot(name) {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+pub(crate) fn is_dot_or_dotdot(name: &CStr) -> bool {
+    matches!(name.to_bytes(), b"." | b"..")
+}

@@ -1,0 +1,26 @@
+//! Processes PID 1 starts: a detached background child.
+
+use std::ffi::CStr;
+
+use anyhow::{Context, Result};
+
+/// Run `job` in a detached child process (its own session, lowest CPU
+/// priority) and return its pid at once. The child exits with `job`'s code.
+///
+/// Only call this from a single-threaded process (PID 1 before it execs the
+/// real init) or one whose other threads hold no locks.
+pub fn spawn_detached(name: &CStr, job: impl FnOnce() -> i32) -> Result<i32> {
+    // SAFETY: the boot path is single-threaded when it calls this, so the child
+    // starts with no lock held by a thread that does not exist in it; the child
+    // runs `job` and leaves through `exit` without returning into the caller.
+    match unsafe { nix::unistd::fork() }.context("fork the trash remover")? {
+        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
+        nix::unistd::ForkResult::Child => {
+            let _ = rustix::process::setsid();
+            let _ = rustix::process::setpriority_process(None, 19);
+            let _ = rustix::thread::set_name(name);
+            let code = job();
+            std::process::exit(code)
+        }
+    }
+}
