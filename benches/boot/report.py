@@ -576,6 +576,32 @@ def main():
             f"median {so['kernel_ms']['median']:.1f} ms. Own overhead = elapsed − kernel work: median "
             f"{so['overhead_ms']['median']:.1f} ms ({so['overhead_ms']['min']:.1f}–{so['overhead_ms']['max']:.1f}).\n"
         )
+        sf = summary[smp]["floor"]
+        L.append(
+            "Side by side with the floor, for the steps both have (medians). The floor's first mark "
+            "also holds the exec of `/init` (added to overlay-init's api-mounts here); overlay-init "
+            "loads filesystem modules when a mount needs them, so its lower and overlay steps hold "
+            "the squashfs and overlay module loads that the floor's modules step holds:\n"
+        )
+        L.append("| step | overlay-init | floor | difference |")
+        L.append("|---|---|---|---|")
+        for step, s_floor in sf["steps_ms"].items():
+            if step == "handover":
+                continue
+            if step == "api-mounts":
+                ours = so["exec_to_main_ms"]["median"] + so["steps_ms"].get(step, {"median": 0.0})["median"]
+            elif step in so["steps_ms"]:
+                ours = so["steps_ms"][step]["median"]
+            else:
+                continue
+            L.append(f"| {step} | {ours:.1f} | {s_floor['median']:.1f} | {ours - s_floor['median']:+.1f} |")
+        only = [k for k in so["steps_ms"] if k not in sf["steps_ms"]]
+        if only:
+            L.append(
+                "| overlay-init only: " + ", ".join(only) + " | "
+                f"{sum(so['steps_ms'][k]['median'] for k in only):.1f} | | |"
+            )
+        L.append("")
         for init in ("floor", "busybox"):
             sm = summary[smp][init]
             L.append(f"{LABELS[init]}, between its marks (the first from /init start):\n")
