@@ -58,6 +58,8 @@ NEEDED_TOOLS=(
     # The builder's tests compress real modules with these.
     "zstd:zstd"
     "xz-utils:xz"
+    # The floor init of the boot benchmark (benches/boot/floor-init.c) and its module-set test.
+    "musl-tools:musl-gcc"
 )
 
 log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }

@@ -3,8 +3,10 @@
 //!
 //! On disk: `.overlay-init/bootcount` on the upper's filesystem (next to
 //! `upper/` and `work/`, so the overlay never shows it), one line
-//! `attempts=N\n`. It is replaced durably (temporary file, fsync, rename,
-//! fsync of the directory), so a power cut leaves the old or the new count.
+//! `attempts=N\n`. It is written durably at the least cost
+//! (`sys::counterfile`: created, or overwritten in place, with one fsync or
+//! fdatasync; else temporary file, fsync, rename, fsync of the directory), so a
+//! power cut leaves the old or the new count.
 //! A missing file is 0; `mark-good` removes it (durably).
 
 use std::os::fd::AsFd;
@@ -93,8 +95,14 @@ pub fn increment(upper_root: &Path) -> Result<u32> {
     if created {
         dirfd::fsync_dir(root.as_fd(), "upper root")?;
     }
-    dirfd::write_durably(state.as_fd(), COUNTER, &render(new))
+    // The cheap durable ways (create, or overwrite in place), else the general one.
+    let contents = render(new);
+    let written = crate::sys::counterfile::write_small(state.as_fd(), COUNTER, &contents)
         .with_context(|| format!("write {}", path.display()))?;
+    if !written {
+        dirfd::write_durably(state.as_fd(), COUNTER, &contents)
+            .with_context(|| format!("write {}", path.display()))?;
+    }
     Ok(new)
 }
 

@@ -453,10 +453,15 @@ fn background_cleanup_empties_the_trash() {
         let pid = reset::start_trash_cleanup(&upper_root)
             .unwrap()
             .expect("a child removes the trash");
-        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+        let child = rustix::process::Pid::from_raw(pid).expect("a child pid is positive");
+        let (_, status) =
+            rustix::process::waitpid(Some(child), rustix::process::WaitOptions::empty())
+                .unwrap()
+                .expect("the child was waited for");
         assert_eq!(
-            status,
-            nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 0)
+            status.exit_status(),
+            Some(0),
+            "the trash remover's exit: {status:?}"
         );
         assert!(listing(&reset::trash_dir(&upper_root)).is_empty());
         assert_eq!(listing(&merged.target), listing(world.lower()));

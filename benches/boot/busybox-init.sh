@@ -5,6 +5,11 @@
 # read-only, the upper (tmpfs, or an ext4 device), the overlay, move the layers to /rom and
 # /overlay, then switch_root to the real init.
 #
+# Equal work (qemu/bench-boot checks it after every boot): the same modules as overlay-init
+# (the benchmark builds the index with exactly those), the same mount points (/rom, /overlay,
+# /sysroot in the initramfs, as overlay-init stages them), flags and overlay options, and with a
+# persistent upper the boot counter written durably (`sync -d`, an fdatasync).
+#
 # It reads the kernel command line itself (the kernel does not pass dotted names to init):
 #   root=/dev/NAME        the lower (polled for)
 #   rootfstype=TYPE       default squashfs (a script knows its image's type)
@@ -72,26 +77,34 @@ while [ ! -b "$root" ] || { [ -n "$upper" ] && [ ! -b "$upper" ]; }; do
 done
 mark "device-wait" "polls=$tries"
 
-mkdir -p /mnt/lower /mnt/upper /mnt/root
-mount -t "$rootfstype" -o ro "$root" /mnt/lower || fail "mount lower $root"
+mkdir -p /rom /overlay /sysroot
+mount -t "$rootfstype" -o ro,nodev "$root" /rom || fail "mount lower $root"
 mark "lower"
 
 if [ -n "$upper" ]; then
-    mount -t ext4 -o noatime "$upper" /mnt/upper || fail "mount upper $upper"
+    mount -t ext4 -o nodev "$upper" /overlay || fail "mount upper $upper"
 else
-    mount -t tmpfs -o mode=0755 tmpfs /mnt/upper || fail "mount tmpfs upper"
+    mount -t tmpfs -o nodev,nosuid,mode=0755 tmpfs /overlay || fail "mount tmpfs upper"
 fi
-mkdir -p /mnt/upper/upper /mnt/upper/work
+mkdir -p /overlay/upper /overlay/work
 mark "upper"
 
-mount -t overlay -o lowerdir=/mnt/lower,upperdir=/mnt/upper/upper,workdir=/mnt/upper/work \
-    overlay /mnt/root || fail "mount overlay"
+if [ -n "$upper" ]; then
+    # The boot counter, durably (overlay-init's record-boot does the same job).
+    mkdir -p /overlay/.overlay-init
+    echo attempts=1 >/overlay/.overlay-init/bootcount
+    sync -d /overlay/.overlay-init/bootcount || fail "sync the boot counter"
+    mark "record-boot"
+fi
+
+mount -t overlay -o lowerdir=/rom,upperdir=/overlay/upper,workdir=/overlay/work \
+    overlay /sysroot || fail "mount overlay"
 mark "overlay"
 
-mkdir -p /mnt/root/rom /mnt/root/overlay
-mount --move /mnt/lower /mnt/root/rom || fail "move lower to /rom"
-mount --move /mnt/upper /mnt/root/overlay || fail "move upper to /overlay"
-[ -x "/mnt/root$init" ] || fail "$init is not executable in the new root"
+mkdir -p /sysroot/rom /sysroot/overlay
+mount --move /rom /sysroot/rom || fail "move lower to /rom"
+mount --move /overlay /sysroot/overlay || fail "move upper to /overlay"
+[ -x "/sysroot$init" ] || fail "$init is not executable in the new root"
 mark "move-layers"
 
 hwm=""
@@ -100,10 +113,10 @@ while read -r key value unit; do
 done </proc/self/status
 # Move the API filesystems; the standalone shell runs applets via /proc/self/exe, so from
 # here on busybox is named by its path.
-for dir in run sys dev proc; do
-    mkdir -p "/mnt/root/$dir"
-    /bin/busybox mount --move "/$dir" "/mnt/root/$dir" || fail "move /$dir"
+for dir in run dev sys proc; do
+    mkdir -p "/sysroot/$dir"
+    /bin/busybox mount --move "/$dir" "/sysroot/$dir" || fail "move /$dir"
 done
-api=/mnt/root
+api=/sysroot
 mark "handover" "$hwm"
-exec /bin/busybox switch_root /mnt/root "$init" "$@"
+exec /bin/busybox switch_root /sysroot "$init" "$@"

@@ -3,6 +3,7 @@
 #![allow(unsafe_code)]
 pub mod blockdev;
 pub mod console_key;
+pub mod counterfile;
 pub mod dirfd;
 pub mod io;
 pub mod kmsg;

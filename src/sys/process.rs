@@ -13,9 +13,11 @@ pub fn spawn_detached(name: &CStr, job: impl FnOnce() -> i32) -> Result<i32> {
     // SAFETY: the boot path is single-threaded when it calls this, so the child
     // starts with no lock held by a thread that does not exist in it; the child
     // runs `job` and leaves through `exit` without returning into the caller.
-    match unsafe { nix::unistd::fork() }.context("fork the trash remover")? {
-        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
-        nix::unistd::ForkResult::Child => {
+    // libc's fork (not a raw clone), so the C library's own state stays right.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("fork the trash remover"),
+        child @ 1.. => Ok(child),
+        _ => {
             let _ = rustix::process::setsid();
             let _ = rustix::process::setpriority_process(None, 19);
             let _ = rustix::thread::set_name(name);

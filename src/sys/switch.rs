@@ -1,10 +1,10 @@
 //! The handover: check the real init, free the initramfs, make the new root `/`,
 //! and exec the real init.
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::io::Read;
 use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -94,8 +94,42 @@ pub fn reopen_console() -> Result<()> {
     Ok(())
 }
 
-/// Replace this process with the real init. Returns only on failure.
+/// Replace this process with the real init (`init` is an absolute path, as the
+/// command line requires; `args` follow it, the environment is kept). Returns
+/// only on failure.
+///
+/// `execv` itself rather than `std::process::Command`, which links std's
+/// process-spawning and environment-copying machinery (~10 KiB) for one exec.
+/// Like `Command`, it first gives the real init the signal state a new process
+/// expects: SIGPIPE back to its default (the Rust runtime ignores it, and an
+/// ignored signal stays ignored across exec) and no blocked signals.
 pub fn exec_init(init: &str, args: &[OsString]) -> anyhow::Error {
-    let err = std::process::Command::new(init).args(args).exec();
-    anyhow::Error::new(err).context(format!("exec the real init {init}"))
+    let context = || format!("exec the real init {init}");
+    let Ok(path) = CString::new(init) else {
+        return anyhow::anyhow!("{}: the path contains a NUL byte", context());
+    };
+    let mut argv = vec![path.clone()];
+    for arg in args {
+        match CString::new(arg.as_bytes()) {
+            Ok(arg) => argv.push(arg),
+            Err(_) => {
+                return anyhow::anyhow!("{}: argument {arg:?} contains a NUL byte", context())
+            }
+        }
+    }
+    let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    pointers.push(std::ptr::null());
+    // SAFETY: PID 1 is single-threaded here (it is about to become the real
+    // init); `pointers` is a NULL-terminated array of pointers into `argv`'s
+    // NUL-terminated strings, and both outlive the call, which only returns on
+    // failure. The signal calls take a valid, initialised, stack-owned set.
+    let err = unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        libc::execv(path.as_ptr(), pointers.as_ptr());
+        std::io::Error::last_os_error()
+    };
+    anyhow::Error::new(err).context(context())
 }
