@@ -28,6 +28,10 @@ NEEDED_TOOLS=(
     # The builder's tests compress real modules with these.
     "zstd:zstd"
     "xz-utils:xz"
+    # Live media: ISO, FAT and exFAT images for the probe's fixtures and the live tests.
+    "xorriso:xorriso"
+    "dosfstools:mkfs.vfat"
+    "exfatprogs:mkfs.exfat"
 )
 
 log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }

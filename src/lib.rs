@@ -15,6 +15,7 @@ pub mod fail;
 pub mod failsafe;
 pub mod fstype;
 pub mod initramfs;
+pub mod live;
 pub mod logger;
 pub mod lower;
 pub mod modindex;
