@@ -6,6 +6,7 @@
 pub mod cpio;
 pub mod decompress;
 pub mod modinfo;
+pub mod presets;
 pub mod resolve;
 pub mod tree;
 
