@@ -14,6 +14,7 @@ pub mod devspec;
 pub mod fail;
 pub mod failsafe;
 pub mod fstype;
+pub mod hostmount;
 pub mod initramfs;
 pub mod live;
 pub mod logger;

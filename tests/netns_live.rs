@@ -207,3 +207,72 @@ fn live_media_are_found_by_label_and_uuid_and_accepted_as_image_hosts() {
         .writable
     );
 }
+
+/// The shell side: `hostmount::mount_image_host` probes, mounts with
+/// `image_host`'s options, and the image file on the host loop-mounts. ext4
+/// runs here; the ISO needs the kernel's isofs, which this machine's kernel
+/// lacks: then the error must name the device's type and the mount that failed
+/// (with isofs, the ISO must mount and its image read like the ext4 one).
+#[test]
+fn image_hosts_mount_read_only_and_their_image_file_loop_mounts() {
+    use netns_support::{in_private_mount_namespace, Ext4};
+    use overlay_init::hostmount::{mount_image_host, HostAccess};
+    use overlay_init::sys::modules::kernel_has_filesystem;
+
+    in_private_mount_namespace(
+        "image_hosts_mount_read_only_and_their_image_file_loop_mounts",
+        |dir| {
+            let content = dir.join("content");
+            tree(&content, &[("etc/marker", "from the image\n")]);
+            let medium = dir.join("medium");
+            fs::create_dir_all(medium.join("live")).unwrap();
+            mksquashfs(&content, &medium.join("live/root.sqsh"));
+
+            let ext4 = dir.join("host.ext4");
+            Ext4::mib(16).contents(&medium).write_to(&ext4);
+            let iso = dir.join("host.iso");
+            run(Command::new("xorriso")
+                .args([
+                    "-as", "mkisofs", "-quiet", "-R", "-J", "-V", "HOSTTEST", "-o",
+                ])
+                .arg(&iso)
+                .arg(&medium));
+
+            let check = |image: &Path, fstype: &str| {
+                let dev = Loop::attach(image, true);
+                let host_dir = dir.join(format!("host-{fstype}"));
+                let mounted = mount_image_host(&dev.dev, &host_dir, HostAccess::ReadOnly);
+                if fstype == "iso9660" && !kernel_has_filesystem("iso9660") {
+                    let err = format!("{:#}", mounted.expect_err("no isofs in this kernel"));
+                    assert!(
+                        err.contains(&format!("image host {} (iso9660)", dev.dev_str()))
+                            && err.contains("mount -t iso9660"),
+                        "{err}"
+                    );
+                    return;
+                }
+                let host = mounted.unwrap_or_else(|e| panic!("{e:#}"));
+                assert_eq!(host.fstype, fstype);
+                assert!(overlay_init::sys::mount::is_read_only(&host_dir).unwrap());
+                let rom = dir.join(format!("rom-{fstype}"));
+                overlay_init::lower::mount_image(&host_dir, "/live/root.sqsh", None, None, &rom)
+                    .unwrap_or_else(|e| panic!("{e:#}"));
+                assert_eq!(
+                    fs::read_to_string(rom.join("etc/marker")).unwrap(),
+                    "from the image\n"
+                );
+            };
+            check(&ext4, "ext4");
+            check(&iso, "iso9660");
+
+            // A persistence file needs a writable host: never an ISO.
+            let dev = Loop::attach(&iso, true);
+            let err = mount_image_host(&dev.dev, &dir.join("rw"), HostAccess::ReadWrite)
+                .expect_err("an ISO is read-only");
+            assert!(
+                format!("{err:#}").contains("holds iso9660, which cannot be mounted read-write"),
+                "{err:#}"
+            );
+        },
+    );
+}
