@@ -60,6 +60,10 @@ NEEDED_TOOLS=(
     "xz-utils:xz"
     # The floor init of the boot benchmark (benches/boot/floor-init.c) and its module-set test.
     "musl-tools:musl-gcc"
+    # Live media: ISO, FAT and exFAT images for the probe's fixtures and the live tests.
+    "xorriso:xorriso"
+    "dosfstools:mkfs.vfat"
+    "exfatprogs:mkfs.exfat"
 )
 
 log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }

@@ -79,10 +79,7 @@ impl BlockDevice {
 
 /// The filesystem's name as blkid would print it.
 pub fn fs_kind_name(kind: &FsKind) -> &'static str {
-    match kind {
-        FsKind::Supported(t) => t.kernel_name(),
-        FsKind::Other(name) => name,
-    }
+    kind.name()
 }
 
 fn human_size(bytes: u64) -> String {

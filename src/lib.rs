@@ -17,9 +17,11 @@ pub mod devspec;
 pub mod executable;
 pub mod failsafe;
 pub mod fstype;
+pub mod hostmount;
 #[cfg(feature = "builder")]
 pub mod initramfs;
 pub mod layout;
+pub mod live;
 pub mod logger;
 pub mod lower;
 pub mod modindex;

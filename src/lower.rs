@@ -157,11 +157,10 @@ pub fn detect_fstype(dev: &Path) -> Result<FsType> {
     let head = sys::io::read_head(dev, crate::probe::superblock::PROBE_BYTES)?;
     match crate::probe::superblock::detect(&head) {
         Ok(Some(info)) => info.fstype().ok_or_else(|| {
-            anyhow!(
-                "{} holds {:?}, which overlay-init cannot mount (accepted: squashfs, erofs, ext4)",
-                dev.display(),
-                info.kind
-            )
+            anyhow!(crate::live::not_a_lower(
+                &dev.display().to_string(),
+                &info.kind
+            ))
         }),
         Ok(None) => bail!(
             "{} holds no filesystem overlay-init recognises (squashfs, erofs, ext4)",

@@ -9,7 +9,7 @@ use overlay_init::initramfs::{self, arch, BuildRequest};
 use std::path::PathBuf;
 
 const USAGE: &str = "\
-usage: mkinitramfs [--init PATH] --modules DIR [--module NAME]... [--no-default-modules]
+usage: mkinitramfs [--init PATH] --modules DIR [--module NAME]... [--live] [--no-default-modules]
                    [--keep-compressed] [--file SRC:DEST]... -o OUT
 
   --init PATH             the init binary, installed as /init (default: the release build,
@@ -17,6 +17,8 @@ usage: mkinitramfs [--init PATH] --modules DIR [--module NAME]... [--no-default-
                           target/x86_64-unknown-linux-gnu/release/overlay-init)
   --modules DIR           a kernel module tree (.../lib/modules/VERSION)
   --module NAME           another module to include with its dependencies (repeatable)
+  --live                  add the live-media modules: CD-ROM (sr_mod cdrom ata_piix virtio_scsi),
+                          sd_mod, isofs, vfat with its character sets, exfat, loop
   --no-default-modules    leave out the default set (virtio_pci virtio_blk squashfs erofs overlay loop;
                           for an aarch64 init also virtio_mmio, the other virtio transport of QEMU virt)
   --keep-compressed       store .ko.xz/.ko.zst/.ko.gz modules as they are, for a kernel with
@@ -54,6 +56,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options> {
             "--init" => options.init = Some(value("--init")?.into()),
             "--modules" => options.modules = Some(value("--modules")?.into()),
             "--module" => options.extra_modules.push(value("--module")?),
+            "--live" => options.extra_modules.extend(
+                initramfs::presets::LIVE_MODULES
+                    .iter()
+                    .map(|name| name.to_string()),
+            ),
             "--no-default-modules" => options.default_modules = false,
             "--keep-compressed" => options.keep_compressed = true,
             "--file" => options.files.push(value("--file")?),

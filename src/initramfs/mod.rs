@@ -7,6 +7,7 @@ pub mod arch;
 pub mod cpio;
 pub mod decompress;
 pub mod modinfo;
+pub mod presets;
 pub mod resolve;
 pub mod tree;
 

@@ -654,3 +654,39 @@ fn arm64_tree_builds_with_an_arm64_init_and_is_refused_with_an_x86_64_one() {
         "{error}"
     );
 }
+
+#[test]
+fn the_live_preset_resolves_in_the_real_tree() {
+    let mut tree = FsModuleTree::open(&real_tree()).unwrap();
+    let names: Vec<String> = super::presets::LIVE_MODULES
+        .iter()
+        .map(|name| name.to_string())
+        .collect();
+    let resolution = resolve(&mut tree, &names).unwrap();
+    let order: Vec<&str> = resolution.modules.iter().map(|m| m.name.as_str()).collect();
+    let position = |name: &str| {
+        order
+            .iter()
+            .position(|m| *m == name)
+            .unwrap_or_else(|| panic!("{name} missing from {order:?}"))
+    };
+    // A CD: the SCSI core before the CD driver, cdrom before sr_mod; the controllers.
+    assert!(position("scsi_mod") < position("sr_mod"));
+    assert!(position("cdrom") < position("sr_mod"));
+    for name in [
+        "ata_piix",
+        "virtio_scsi",
+        "sd_mod",
+        "isofs",
+        "exfat",
+        "loop",
+    ] {
+        position(name);
+    }
+    // vfat on the fat core, and the character sets its mount options name.
+    assert!(position("fat") < position("vfat"));
+    for name in ["nls_cp437", "nls_ascii", "nls_iso8859_1", "nls_utf8"] {
+        position(name);
+    }
+    assert!(resolution.warnings.is_empty(), "{:?}", resolution.warnings);
+}

@@ -88,6 +88,47 @@ pub(crate) fn utf16le_name(field: &[u8]) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
+/// C `isspace` in the C locale: what blkid trims from the end of a label.
+fn is_c_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r')
+}
+
+/// A label the way blkid stores one (`blkid_probe_set_label`): the bytes up to
+/// the first NUL, trailing whitespace trimmed; empty means "no label". Bytes
+/// that are not UTF-8 are replaced (such a label could never match a `LABEL=`).
+pub(crate) fn blkid_label(field: &[u8]) -> Option<String> {
+    let end = field.iter().position(|&c| c == 0).unwrap_or(field.len());
+    let mut text = &field[..end];
+    while let [rest @ .., last] = text {
+        if !is_c_space(*last) {
+            break;
+        }
+        text = rest;
+    }
+    (!text.is_empty()).then(|| String::from_utf8_lossy(text).into_owned())
+}
+
+/// A UTF-16 label the way blkid stores one (`blkid_probe_set_utf8label`): decoded
+/// up to the first NUL code unit, an odd trailing byte ignored, trailing
+/// whitespace trimmed; a lone surrogate is replaced.
+pub(crate) fn blkid_utf16_label(field: &[u8], big_endian: bool) -> Option<String> {
+    let units = field
+        .chunks_exact(2)
+        .map(|c| {
+            if big_endian {
+                u16::from_be_bytes([c[0], c[1]])
+            } else {
+                u16::from_le_bytes([c[0], c[1]])
+            }
+        })
+        .take_while(|&u| u != 0);
+    let text: String = char::decode_utf16(units)
+        .map(|r| r.unwrap_or(char::REPLACEMENT_CHARACTER))
+        .collect();
+    let trimmed = text.trim_end_matches(|c: char| c.is_ascii() && is_c_space(c as u8));
+    (!trimmed.is_empty()).then(|| trimmed.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +169,21 @@ mod tests {
         assert_eq!(utf16le_name(&[0, 0, b'a', 0]), None);
         // An odd trailing byte is ignored, a lone surrogate is replaced.
         assert_eq!(utf16le_name(&[0x00, 0xd8, b'a']), Some("\u{fffd}".into()));
+    }
+
+    #[test]
+    fn blkid_labels_stop_at_nul_and_lose_trailing_whitespace_only() {
+        assert_eq!(blkid_label(b"LIVEUSB    "), Some("LIVEUSB".into()));
+        assert_eq!(blkid_label(b" My Live \t\r\0junk"), Some(" My Live".into()));
+        assert_eq!(blkid_label(b"           "), None);
+        assert_eq!(blkid_label(b"\0ABC"), None);
+        let be: Vec<u8> = "Ünï  ".encode_utf16().flat_map(u16::to_be_bytes).collect();
+        assert_eq!(blkid_utf16_label(&be, true), Some("Ünï".into()));
+        let le: Vec<u8> = "exFAT\0x"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        assert_eq!(blkid_utf16_label(&le, false), Some("exFAT".into()));
+        assert_eq!(blkid_utf16_label(&[0, b' ', 0, b' '], true), None);
     }
 }

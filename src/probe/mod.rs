@@ -6,9 +6,14 @@
 
 pub mod crc;
 pub mod partition;
+pub mod source;
 pub mod superblock;
 
 mod bytes;
+mod fat;
+mod iso9660;
+#[cfg(test)]
+mod live_tests;
 
 use std::fmt;
 

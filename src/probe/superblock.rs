@@ -7,8 +7,10 @@
 
 use super::bytes::{array, be16, be32, le16, le32, le64, nul_padded_label, raw_uuid, slice, u8_at};
 use super::crc::{crc32_raw, crc32c_raw};
+use super::source::{ByteSource, SliceSource};
 pub use super::ProbeError;
 use crate::fstype::FsType;
+use std::fmt;
 
 /// Bytes from the start of a device that `detect` needs at most.
 /// (The btrfs magic sits at 64 KiB + 64; the swap signature of 64 KiB pages ends at 64 KiB.)
@@ -17,15 +19,35 @@ pub const PROBE_BYTES: usize = 68 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FsKind {
     Supported(FsType),
-    /// recognised but not mountable by us, e.g. "vfat", "btrfs", "xfs", "swap", "f2fs", "jffs2", "iso9660"
+    /// recognised but not mountable as a lower or upper, e.g. "vfat", "exfat",
+    /// "iso9660", "btrfs", "xfs", "swap", "f2fs", "jffs2"
     Other(&'static str),
+}
+
+impl FsKind {
+    /// The filesystem's name as blkid's TYPE and the kernel's mount(2) spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FsKind::Supported(t) => t.kernel_name(),
+            FsKind::Other(name) => name,
+        }
+    }
+}
+
+/// Messages print the name (`iso9660`), never the Rust variant.
+impl fmt::Display for FsKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsInfo {
     pub kind: FsKind,
+    /// as blkid prints LABEL (trailing blanks trimmed)
     pub label: Option<String>,
-    /// lower-case, dashed as blkid prints it
+    /// as blkid prints UUID: dashed lower-case hex for ext4/erofs, `XXXX-XXXX`
+    /// for vfat/exfat, `YYYY-MM-DD-HH-MM-SS-CC` for iso9660
     pub uuid: Option<String>,
 }
 
@@ -46,23 +68,52 @@ impl FsInfo {
     }
 }
 
-type Probe = fn(&[u8]) -> Result<Option<FsInfo>, ProbeError>;
+type ProbeResult = Result<Option<FsInfo>, ProbeError>;
+
+/// A reader: most need only the first bytes of the device; the FAT, exFAT and
+/// ISO 9660 ones read on (root directory, volume descriptor set).
+#[derive(Clone, Copy)]
+enum Probe {
+    Head(fn(&[u8]) -> ProbeResult),
+    Source(fn(&[u8], &mut dyn ByteSource) -> ProbeResult),
+}
 
 /// Readers in the order they are tried: the ones we mount first.
 const PROBES: &[Probe] = &[
-    squashfs, erofs, ext, vfat, xfs, btrfs, f2fs, iso9660, jffs2, swap,
+    Probe::Head(squashfs),
+    Probe::Head(erofs),
+    Probe::Head(ext),
+    Probe::Source(super::fat::probe_vfat),
+    Probe::Source(super::fat::probe_exfat),
+    Probe::Head(xfs),
+    Probe::Head(btrfs),
+    Probe::Head(f2fs),
+    Probe::Source(super::iso9660::probe),
+    Probe::Head(jffs2),
+    Probe::Head(swap),
 ];
 
 /// Identify the filesystem from the first bytes of a device (may be shorter than
 /// PROBE_BYTES; a truncated/corrupt superblock gives Err with a reason, no magic at
-/// all gives Ok(None)).
+/// all gives Ok(None)). Readers that look past `buf` (a FAT32 root directory
+/// after its FATs) see only `buf`: use [`detect_with`] on a device.
 ///
 /// A corrupt superblock does not hide a valid one of another kind found later;
 /// only when nothing valid is found is the first error returned.
-pub fn detect(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
+pub fn detect(buf: &[u8]) -> ProbeResult {
+    detect_with(buf, &mut SliceSource(buf))
+}
+
+/// [`detect`], with `device` for the reads past `head` (its first
+/// [`PROBE_BYTES`], or fewer when the device is shorter).
+pub fn detect_with(head: &[u8], device: &mut dyn ByteSource) -> ProbeResult {
     let mut first_error = None;
     for probe in PROBES {
-        match probe(buf) {
+        let found = match probe {
+            Probe::Head(probe) => probe(head),
+            Probe::Source(probe) => probe(head, device),
+        };
+        match found {
             Ok(Some(info)) => return Ok(Some(info)),
             Ok(None) => {}
             Err(e) => {
@@ -246,10 +297,6 @@ fn ext(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
 
 // ---- recognised only ------------------------------------------------------
 
-fn vfat(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
-    Ok(looks_like_fat_boot_sector(buf).then(|| FsInfo::other("vfat")))
-}
-
 /// A FAT boot sector: the 0x55AA signature, a sane BIOS parameter block and a
 /// "FAT" type string. Shared with the MBR reader, which must not take a FAT
 /// boot sector for a partition table.
@@ -290,10 +337,6 @@ fn btrfs(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
 
 fn f2fs(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
     Ok((le32(buf, 1024) == Some(0xF2F5_2010)).then(|| FsInfo::other("f2fs")))
-}
-
-fn iso9660(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
-    Ok((slice(buf, 32769, 5) == Some(b"CD001")).then(|| FsInfo::other("iso9660")))
 }
 
 /// JFFS2 has only a 16-bit magic, so the first node header's CRC must match too.
@@ -438,17 +481,7 @@ mod tests {
     fn recognises_other_filesystems_by_magic() {
         let zeros = vec![0u8; PROBE_BYTES];
 
-        let mut fat = zeros.clone();
-        fat[11..13].copy_from_slice(&512u16.to_le_bytes());
-        fat[13] = 8;
-        fat[14] = 32;
-        fat[16] = 2;
-        fat[21] = 0xF8;
-        fat[82..90].copy_from_slice(b"FAT32   ");
-        fat[510..512].copy_from_slice(&[0x55, 0xAA]);
-        assert_eq!(detected(&fat), FsInfo::other("vfat"));
-        // Without a sane BIOS parameter block it is just a boot sector.
-        assert_eq!(detect(&patched(&fat, 13, &[3])), Ok(None));
+        // vfat, exfat and iso9660 are read in full: see live_tests.rs.
 
         let xfs = patched(&zeros, 0, b"XFSB\0\0\x10\0");
         assert_eq!(detected(&xfs), FsInfo::other("xfs"));

@@ -23,7 +23,7 @@ use crate::devices::{
 };
 use crate::devspec::DeviceSpec;
 use crate::probe::partition::{parse_table, table_bytes, PartEntry};
-use crate::probe::superblock::{detect, PROBE_BYTES};
+use crate::probe::superblock::{detect_with, PROBE_BYTES};
 use crate::sys::uevent::{Received, UeventSocket};
 use crate::uevent::{parse_sysfs, Action, Uevent};
 
@@ -300,10 +300,13 @@ impl DeviceWaiter {
             filesystem: None,
             probe_error: None,
         };
-        let head = ensure_node(name, major, minor)
-            .and_then(|node| crate::sys::io::read_head(&node, PROBE_BYTES));
+        let head = ensure_node(name, major, minor).and_then(|node| {
+            let head = crate::sys::io::read_head(&node, PROBE_BYTES)?;
+            Ok((head, crate::sys::io::FileSource::open(&node)?))
+        });
         match head {
-            Ok(head) => match detect(&head) {
+            // The FAT/exFAT readers look up the root directory's label past the head.
+            Ok((head, mut source)) => match detect_with(&head, &mut source) {
                 Ok(fs) => device.filesystem = fs,
                 Err(err) => device.probe_error = Some(format!("superblock: {err}")),
             },
