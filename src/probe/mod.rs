@@ -7,6 +7,7 @@
 pub mod crc;
 pub mod partition;
 pub mod superblock;
+pub mod verity;
 
 mod bytes;
 
