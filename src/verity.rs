@@ -46,7 +46,7 @@ impl RootHash {
                 "{hex:?} is not a hex root hash ({bad:?} is not a hex digit)"
             ));
         }
-        if hex.len() % 2 != 0 {
+        if !hex.len().is_multiple_of(2) {
             return Err(format!(
                 "{hex:?}: a root hash has an even number of hex digits, this has {}",
                 hex.len()
@@ -160,7 +160,7 @@ pub fn parse_verity_hashoffset(value: &str) -> Result<u64, String> {
     let bytes: u64 = value.parse().map_err(|_| {
         format!("ovl.verity_hashoffset=: {value:?} is not a number of bytes (like 134217728)")
     })?;
-    if bytes % 512 != 0 {
+    if !bytes.is_multiple_of(512) {
         return Err(format!(
             "ovl.verity_hashoffset=: {bytes} is not a multiple of 512 \
              (veritysetup only writes the hash area at 512-byte sectors)"
@@ -302,7 +302,7 @@ pub fn hash_start_block(hash_offset: u64, hash_block_size: u32) -> u64 {
 /// <num_data_blocks> <hash_start_block> <algorithm> <digest> <salt>
 /// [<#opt_params> <opt_params>]`
 pub fn plan_table(spec: &VeritySpec, sb: &VeritySuperblock) -> Result<VerityTable, String> {
-    if spec.hash_offset % 512 != 0 {
+    if !spec.hash_offset.is_multiple_of(512) {
         return Err(format!(
             "hash offset {} of {} is not a multiple of 512",
             spec.hash_offset, spec.hash_device
