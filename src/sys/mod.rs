@@ -2,6 +2,7 @@
 //! each with a SAFETY note.
 pub mod blockdev;
 pub mod console_key;
+pub mod dm;
 pub mod io;
 pub mod kmsg;
 pub mod loopdev;
