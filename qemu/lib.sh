@@ -28,6 +28,8 @@ NEEDED_TOOLS=(
     # The builder's tests compress real modules with these.
     "zstd:zstd"
     "xz-utils:xz"
+    # dm-verity test images (veritysetup format).
+    "cryptsetup-bin:veritysetup"
 )
 
 log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }

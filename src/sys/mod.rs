@@ -13,4 +13,5 @@ pub mod power;
 pub mod switch;
 pub mod uevent;
 pub mod upperfs;
+pub mod verity;
 pub mod wipe;

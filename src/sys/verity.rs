@@ -1,0 +1,163 @@
+//! Open a dm-verity device over a lower: read the superblock, plan the table
+//! ([`crate::verity::plan_table`]), create the device ([`super::dm`]), and read
+//! its first block so a wrong root hash fails here, by name, instead of as a
+//! bare I/O error inside the filesystem mount.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::dm::{self, DmDevice, Target};
+use crate::probe::verity::{self as sb, VeritySuperblock};
+use crate::verity::{check_sizes, plan_table, OnError, RootHash, VeritySpec, TARGET_TYPE};
+
+/// What to verify: devices by path (block devices), the rest as in [`VeritySpec`].
+#[derive(Debug, Clone)]
+pub struct OpenRequest<'a> {
+    /// The device-mapper name (`crate::verity::MAIN_DM_NAME`, ...).
+    pub name: &'a str,
+    pub data: &'a Path,
+    /// The hash device; the data device itself for an appended tree.
+    pub hash: &'a Path,
+    pub hash_offset: u64,
+    pub root_hash: &'a RootHash,
+    pub on_error: OnError,
+}
+
+/// A live, checked verity device.
+#[derive(Debug)]
+pub struct VerifiedDevice {
+    pub device: DmDevice,
+    pub superblock: VeritySuperblock,
+    /// The table parameters loaded (for the log and `status`).
+    pub params: String,
+}
+
+/// Read the verity superblock at `offset` of `hash`.
+pub fn read_superblock(hash: &Path, offset: u64) -> Result<VeritySuperblock> {
+    let file = File::open(hash).with_context(|| format!("opening {}", hash.display()))?;
+    let mut buf = vec![0u8; sb::SUPERBLOCK_BYTES];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "reading the verity superblock of {} at {offset}",
+                        hash.display()
+                    )
+                })
+            }
+        }
+    }
+    buf.truncate(filled);
+    match sb::read(&buf) {
+        Ok(Some(superblock)) => Ok(superblock),
+        Ok(None) => bail!(
+            "no verity superblock on {} at offset {offset} (wrong ovl.verity_hash= or \
+             ovl.verity_hashoffset=, or made with veritysetup --no-superblock)",
+            hash.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("{} at offset {offset}", hash.display())),
+    }
+}
+
+/// `MAJOR:MINOR` of a block device, as the table line takes it.
+fn block_dev_numbers(path: &Path) -> Result<String> {
+    let metadata = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    if !metadata.file_type().is_block_device() {
+        bail!("{} is not a block device", path.display());
+    }
+    let rdev = metadata.rdev();
+    Ok(format!(
+        "{}:{}",
+        rustix::fs::major(rdev),
+        rustix::fs::minor(rdev)
+    ))
+}
+
+/// Set up `request.name` over the data device and check the root hash by
+/// reading the first data block. On any failure nothing is left behind.
+pub fn open(request: &OpenRequest<'_>) -> Result<VerifiedDevice> {
+    let superblock = read_superblock(request.hash, request.hash_offset)?;
+    let spec = VeritySpec {
+        data_device: block_dev_numbers(request.data)?,
+        hash_device: block_dev_numbers(request.hash)?,
+        hash_offset: request.hash_offset,
+        root_hash: request.root_hash.clone(),
+        on_error: request.on_error,
+    };
+    let named = |e: String| {
+        // The plan names devices by number; say which paths they are.
+        anyhow::anyhow!(
+            "{e} (data {}, hash {})",
+            request.data.display(),
+            request.hash.display()
+        )
+    };
+    let table = plan_table(&spec, &superblock).map_err(named)?;
+    check_sizes(
+        &spec,
+        &superblock,
+        dm::device_bytes(request.data)?,
+        dm::device_bytes(request.hash)?,
+    )
+    .map_err(named)?;
+    let target = Target {
+        start: 0,
+        sectors: table.sectors,
+        target_type: TARGET_TYPE.into(),
+        params: table.params.clone(),
+    };
+    let device = dm::create_device(request.name, None, &target, true).with_context(|| {
+        format!(
+            "setting up dm-verity {} over {}",
+            request.name,
+            request.data.display()
+        )
+    })?;
+    check_first_block(&device, &superblock, request)?;
+    Ok(VerifiedDevice {
+        device,
+        superblock,
+        params: table.params,
+    })
+}
+
+/// Read data block 0 through the verity device: its hash chain goes up to
+/// the root, so a wrong root hash (or a corrupt block 0 or hash block) gives EIO.
+fn check_first_block(
+    device: &DmDevice,
+    superblock: &VeritySuperblock,
+    request: &OpenRequest<'_>,
+) -> Result<()> {
+    let mut block = vec![0u8; superblock.data_block_size as usize];
+    let result = File::open(device.path()).and_then(|mut f| f.read_exact(&mut block));
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let status = device.status().unwrap_or_else(|s| format!("{s:#}"));
+            let corrupted = status.trim() == "C";
+            bail!(
+                "dm-verity {}: the first block of {} does not verify against root hash {} \
+                 with the hash tree on {} at offset {} ({e}; verity status {status:?}{})",
+                request.name,
+                request.data.display(),
+                request.root_hash,
+                request.hash.display(),
+                request.hash_offset,
+                if corrupted {
+                    ": wrong root hash, or the image or its hash tree is corrupt"
+                } else {
+                    ""
+                }
+            )
+        }
+    }
+}
