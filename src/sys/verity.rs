@@ -161,3 +161,28 @@ fn check_first_block(
         }
     }
 }
+
+/// Make sure device-mapper and the verity target can be used, loading
+/// [`crate::verity::MODULES`] (and what they need) from the initramfs's module
+/// index when they are not there yet. Call before [`open`].
+pub fn ensure_modules() -> Result<()> {
+    if !(dm::available() && Path::new("/sys/module/dm_verity").exists()) {
+        for name in crate::verity::MODULES {
+            if let Some(report) = super::modules::load_on_demand(name) {
+                log::debug!(
+                    "{} modules loaded on demand for {name} in {:?}",
+                    report.modules.len(),
+                    report.total
+                );
+            }
+        }
+    }
+    if !dm::available() {
+        bail!(
+            "device-mapper is not available (no {}): the kernel needs dm_mod and dm_verity \
+             for ovl.verity=, built in or as modules in the initramfs",
+            dm::CONTROL_PATH
+        );
+    }
+    Ok(())
+}
