@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! dm_verity open NAME DATA HASH HASHOFFSET ROOTHASH [eio|restart|panic]
+//!     HASHOFFSET "auto": the tree appended after DATA's filesystem
 //!     prints "VERITY: open NAME path=/dev/mapper/NAME dev=MAJ:MIN params=..."
 //! dm_verity status NAME      prints "VERITY: status NAME STATUS"
 //! dm_verity remove NAME      removes it (deferred if still open)
@@ -39,7 +40,10 @@ fn run() -> Result<()> {
                 name,
                 data: Path::new(data),
                 hash: Path::new(hash),
-                hash_offset: offset.parse().context("HASHOFFSET")?,
+                hash_offset: match *offset {
+                    "auto" => verity::find_appended_tree(Path::new(data))?,
+                    offset => offset.parse().context("HASHOFFSET")?,
+                },
                 root_hash: &root_hash,
                 on_error,
             })?;

@@ -11,7 +11,8 @@
 //! - a flipped byte in data block 0: `open` fails the same way (the corruption found at setup);
 //! - a flipped byte deep in a file: setup and mount succeed, reading that file gives EIO,
 //!   the verity status turns to `C`, other files still read;
-//! - a hash tree appended to the image (`--hash-offset`): mounts and reads;
+//! - a hash tree appended to the image (`--hash-offset`): mounts and reads, with the offset
+//!   given and with the offset found from the squashfs superblock;
 //! - at the end no dm device is left.
 //!
 //! Run: `OVL_QEMU_JOBS=1 cargo test --test qemu_verity_dm`.
@@ -161,6 +162,9 @@ echo "CASE appended"
 $V open app /dev/vde /dev/vde {offset} {appended_root} && busybox mount -t squashfs -o ro /dev/mapper/app /mnt && echo "READ appended: $(busybox cat /mnt/hello)"
 busybox md5sum /mnt/big | busybox sed 's/^/MD5 appended: /'
 busybox umount /mnt; $V remove app
+echo "CASE auto"
+$V open auto /dev/vde /dev/vde auto {appended_root} && busybox mount -t squashfs -o ro /dev/mapper/auto /mnt && echo "READ auto: $(busybox cat /mnt/hello)"
+busybox umount /mnt; $V remove auto
 echo "DM LEFT: $(busybox ls /sys/block | busybox grep -c dm-)"
 busybox poweroff -f
 "#,
@@ -222,6 +226,9 @@ busybox poweroff -f
     assert_marker(&result, "READ appended: verified hello");
     assert_marker(&result, &format!("MD5 appended: {big_md5}"));
     assert_marker(&result, "VERITY: removed app");
+    // The same tree found from the squashfs superblock (the extra-lower form).
+    assert_marker(&result, "READ auto: verified hello");
+    assert_marker(&result, "VERITY: removed auto");
     assert_marker(&result, "DM LEFT: 0");
     assert_exit(&result, Exit::PowerOff);
 }

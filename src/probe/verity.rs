@@ -180,6 +180,50 @@ pub fn read(buf: &[u8]) -> Result<Option<VeritySuperblock>, ProbeError> {
     }))
 }
 
+/// Where the filesystem at the start of `buf` ends, in bytes, from its own
+/// superblock: squashfs `bytes_used`, erofs `blocks`, ext2/3/4 `blocks_count`.
+/// `None` for anything else. With [`appended_hash_offset`], this finds a tree
+/// appended by `veritysetup format IMG IMG --hash-offset=$(stat -c %s IMG)`
+/// without being told the offset.
+pub fn filesystem_end(buf: &[u8]) -> Option<u64> {
+    use super::bytes::{le32, u8_at};
+    if le32(buf, 0) == Some(0x7371_7368) {
+        // squashfs: "hsqs", bytes_used at 40.
+        return le64(buf, 40).filter(|&n| n > 0);
+    }
+    const SB: usize = 1024;
+    if le32(buf, SB) == Some(0xE0F5_E1E2) {
+        // erofs: blkszbits at +12, blocks at +36.
+        let bits = u32::from(u8_at(buf, SB + 12)?);
+        if !(9..=16).contains(&bits) {
+            return None;
+        }
+        let blocks = u64::from(le32(buf, SB + 36)?);
+        return (blocks > 0).then(|| blocks << bits);
+    }
+    if le16(buf, SB + 56) == Some(0xEF53) {
+        // ext2/3/4: blocks_count_lo at +4, log_block_size at +24, and with the
+        // 64bit incompat feature (0x80 at +0x60) blocks_count_hi at +0x150.
+        let log = le32(buf, SB + 24)?;
+        if log > 6 {
+            return None;
+        }
+        let mut blocks = u64::from(le32(buf, SB + 4)?);
+        if le32(buf, SB + 0x60)? & 0x80 != 0 {
+            blocks |= u64::from(le32(buf, SB + 0x150)?) << 32;
+        }
+        return (blocks > 0).then(|| blocks << (10 + log));
+    }
+    None
+}
+
+/// The hash offset of a tree appended right after a filesystem that ends at
+/// `filesystem_end` bytes: the next 4 KiB boundary (mksquashfs pads its images
+/// to 4 KiB; erofs and ext4 end on a block boundary).
+pub fn appended_hash_offset(filesystem_end: u64) -> u64 {
+    filesystem_end.next_multiple_of(4096)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +261,32 @@ mod tests {
         assert_eq!(odd.hash_block_size, 1024);
         assert_eq!(odd.data_blocks, 4);
         assert!(odd.salt.is_empty(), "--salt=- gives no salt");
+    }
+
+    #[test]
+    fn filesystem_end_from_real_superblocks() {
+        let fixture = |name: &str| {
+            std::fs::read(format!(
+                "{}/tests/fixtures/probe/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        // The squashfs fixture is a whole image: it ends where the file does.
+        let squashfs = fixture("squashfs.img");
+        let end = filesystem_end(&squashfs).unwrap();
+        assert!(end <= squashfs.len() as u64 && end > 96, "{end}");
+        assert_eq!(appended_hash_offset(end), squashfs.len() as u64);
+        // erofs: one 4 KiB block (the fixture is the whole image); ext4: the
+        // 8 MiB mkfs.ext4 was given (the fixture keeps only its start).
+        let erofs = fixture("erofs.img");
+        assert_eq!(filesystem_end(&erofs), Some(erofs.len() as u64));
+        assert_eq!(filesystem_end(&fixture("ext4.img")), Some(8 << 20));
+        assert_eq!(filesystem_end(&fixture("swap.img")), None);
+        assert_eq!(filesystem_end(SEPARATE), None);
+        assert_eq!(filesystem_end(&[]), None);
+        assert_eq!(appended_hash_offset(4097), 8192);
+        assert_eq!(appended_hash_offset(8192), 8192);
     }
 
     #[test]

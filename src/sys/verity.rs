@@ -186,3 +186,29 @@ pub fn ensure_modules() -> Result<()> {
     }
     Ok(())
 }
+
+/// The hash offset of a tree appended to `data` right after its filesystem
+/// (squashfs, erofs, ext4), for an extra lower given as `SPEC@ROOTHASH`:
+/// the filesystem's end from its superblock, rounded up to 4 KiB.
+pub fn find_appended_tree(data: &Path) -> Result<u64> {
+    let file = File::open(data).with_context(|| format!("opening {}", data.display()))?;
+    let mut buf = vec![0u8; 2048];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", data.display())),
+        }
+    }
+    buf.truncate(filled);
+    let end = sb::filesystem_end(&buf).with_context(|| {
+        format!(
+            "cannot tell where the filesystem on {} ends (squashfs, erofs or ext4 expected), \
+             so not where its appended hash tree starts",
+            data.display()
+        )
+    })?;
+    Ok(sb::appended_hash_offset(end))
+}
