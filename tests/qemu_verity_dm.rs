@@ -29,10 +29,16 @@ use std::time::Duration;
 /// reed_solomon, dm_mod and dm_bufio there).
 const DM_VERITY_MODULES: &[&str] = &["reed_solomon", "dm_mod", "dm_bufio", "dm_verity"];
 
-/// The example built static for the guest (musl).
+/// The example built static for the guest, for the target the init is built for
+/// (`qemu/lib.sh` `init_target`: musl, else glibc with `+crt-static`).
 fn dm_verity_tool(scratch: &Scratch) -> PathBuf {
-    let target = "x86_64-unknown-linux-musl";
-    run(Command::new(env!("CARGO"))
+    let lib = repo_dir().join("qemu/lib.sh");
+    let target = run(Command::new("bash")
+        .arg("-c")
+        .arg(format!("source '{}' && init_target", lib.display())));
+    let target = target.trim();
+    let mut build = Command::new(env!("CARGO"));
+    build
         .args([
             "build",
             "--quiet",
@@ -42,7 +48,15 @@ fn dm_verity_tool(scratch: &Scratch) -> PathBuf {
             target,
         ])
         .arg("--manifest-path")
-        .arg(repo_dir().join("Cargo.toml")));
+        .arg(repo_dir().join("Cargo.toml"));
+    if target.ends_with("gnu") {
+        let flags = std::env::var("RUSTFLAGS").unwrap_or_default();
+        build.env(
+            "RUSTFLAGS",
+            format!("{flags} -C target-feature=+crt-static"),
+        );
+    }
+    run(&mut build);
     let built = target_dir().join(target).join("debug/examples/dm_verity");
     let stripped = scratch.join("dm_verity");
     run(Command::new("strip").arg("-o").arg(&stripped).arg(&built));
