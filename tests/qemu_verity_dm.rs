@@ -100,62 +100,138 @@ fn flipped_copy(image: &Path, offset: usize, out: &Path) {
     fs::write(out, bytes).unwrap();
 }
 
+/// The disks of every boot here: vda the squashfs, vdb its hash tree, vdc and vdd copies with
+/// one byte flipped (in verity block 0, and 200 KiB into the file `big`), vde the squashfs
+/// with its tree appended.
+struct Images {
+    tree: PathBuf,
+    data: PathBuf,
+    hash: PathBuf,
+    corrupt_block0: PathBuf,
+    corrupt_deep: PathBuf,
+    appended: PathBuf,
+    root: String,
+    wrong: String,
+    offset: String,
+    appended_root: String,
+    /// The verity data block holding the flipped byte of `corrupt_deep`.
+    deep_block: usize,
+}
+
+impl Images {
+    fn new(scratch: &Scratch) -> Images {
+        let tree = scratch.join("tree");
+        write_file(&tree.join("hello"), "verified hello\n", 0o644);
+        let big = noise(256 * 1024, 0x9e3779b97f4a7c15);
+        write_file(&tree.join("big"), &big, 0o644);
+        let data = scratch.join("data.squashfs");
+        make_squashfs(&tree, &data);
+        let image = fs::read(&data).unwrap();
+        assert_eq!(image.len() % 4096, 0, "mksquashfs pads to 4 KiB");
+
+        // Separate hash device.
+        let hash = scratch.join("hash.img");
+        let root = veritysetup_format(&data, &hash, &[]);
+        let mut wrong = root.clone().into_bytes();
+        wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
+        let wrong = String::from_utf8(wrong).unwrap();
+
+        // Where `big` is in the image: its first bytes (in verity block 0) and 200 KiB in.
+        let find = |needle: &[u8]| {
+            image
+                .windows(needle.len())
+                .position(|w| w == needle)
+                .expect("big is stored uncompressed")
+        };
+        let big_start = find(&big[..64]);
+        let deep = find(&big[200 * 1024..200 * 1024 + 64]);
+        assert!(
+            big_start < 4096,
+            "big starts in verity block 0 ({big_start})"
+        );
+        assert!(
+            deep / 4096 > 8,
+            "the deep byte is far from block 0 ({deep})"
+        );
+        let corrupt_block0 = scratch.join("corrupt0.squashfs");
+        flipped_copy(&data, big_start + 10, &corrupt_block0);
+        let corrupt_deep = scratch.join("corrupt-deep.squashfs");
+        flipped_copy(&data, deep + 10, &corrupt_deep);
+
+        // Hash tree appended to a copy of the image.
+        let appended = scratch.join("appended.squashfs");
+        fs::copy(&data, &appended).unwrap();
+        let offset = image.len().to_string();
+        let appended_root =
+            veritysetup_format(&appended, &appended, &[&format!("--hash-offset={offset}")]);
+        Images {
+            tree,
+            data,
+            hash,
+            corrupt_block0,
+            corrupt_deep,
+            appended,
+            root,
+            wrong,
+            offset,
+            appended_root,
+            deep_block: (deep + 10) / 4096,
+        }
+    }
+
+    fn disks(&self) -> Vec<Disk> {
+        [
+            &self.data,
+            &self.hash,
+            &self.corrupt_block0,
+            &self.corrupt_deep,
+            &self.appended,
+        ]
+        .into_iter()
+        .map(Disk::ro)
+        .collect()
+    }
+}
+
+/// Mount the API filesystems, load the modules, then `body`.
+const PROLOGUE: &str = "busybox mount -t proc proc /proc
+busybox mount -t sysfs sysfs /sys
+busybox mount -t devtmpfs devtmpfs /dev
+";
+
+/// A busybox initramfs running `body` (after [`PROLOGUE`] and the module loads) with the
+/// tool at /bin/dm_verity.
+fn verity_initramfs(scratch: &Scratch, body: &str) -> PathBuf {
+    let tool = dm_verity_tool(scratch);
+    let mut modules: Vec<String> = VIRTIO_BLK_MODULES.iter().map(|m| m.to_string()).collect();
+    modules.push("squashfs".into());
+    modules.extend(DM_VERITY_MODULES.iter().map(|m| m.to_string()));
+    let initramfs = scratch.join("initramfs.cpio");
+    BusyboxInitramfs {
+        init_script: format!(
+            "{PROLOGUE}{INSMOD_ALL}busybox mkdir -p /mnt\nV=/bin/dm_verity\n{body}"
+        ),
+        modules,
+        files: vec![(tool, "/bin/dm_verity".into())],
+    }
+    .build(&initramfs);
+    initramfs
+}
+
 #[test]
 fn dm_verity_devices_made_by_our_ioctls_verify_and_fail_as_documented() {
     let scratch = Scratch::new("verity-dm");
-    let tree = scratch.join("tree");
-    write_file(&tree.join("hello"), "verified hello\n", 0o644);
-    let big = noise(256 * 1024, 0x9e3779b97f4a7c15);
-    write_file(&tree.join("big"), &big, 0o644);
-    let data = scratch.join("data.squashfs");
-    make_squashfs(&tree, &data);
-    let image = fs::read(&data).unwrap();
-    assert_eq!(image.len() % 4096, 0, "mksquashfs pads to 4 KiB");
-
-    // Separate hash device.
-    let hash = scratch.join("hash.img");
-    let root = veritysetup_format(&data, &hash, &[]);
-    let mut wrong = root.clone().into_bytes();
-    wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
-    let wrong = String::from_utf8(wrong).unwrap();
-
-    // Where `big` is in the image: its first bytes (in verity block 0) and 200 KiB in.
-    let find = |needle: &[u8]| {
-        image
-            .windows(needle.len())
-            .position(|w| w == needle)
-            .expect("big is stored uncompressed")
-    };
-    let big_start = find(&big[..64]);
-    let deep = find(&big[200 * 1024..200 * 1024 + 64]);
-    assert!(
-        big_start < 4096,
-        "big starts in verity block 0 ({big_start})"
-    );
-    assert!(
-        deep / 4096 > 8,
-        "the deep byte is far from block 0 ({deep})"
-    );
-    let corrupt_block0 = scratch.join("corrupt0.squashfs");
-    flipped_copy(&data, big_start + 10, &corrupt_block0);
-    let corrupt_deep = scratch.join("corrupt-deep.squashfs");
-    flipped_copy(&data, deep + 10, &corrupt_deep);
-
-    // Hash tree appended to a copy of the image.
-    let appended = scratch.join("appended.squashfs");
-    fs::copy(&data, &appended).unwrap();
-    let offset = image.len().to_string();
-    let appended_root =
-        veritysetup_format(&appended, &appended, &[&format!("--hash-offset={offset}")]);
-
-    let tool = dm_verity_tool(&scratch);
+    let images = Images::new(&scratch);
+    let Images {
+        tree,
+        root,
+        wrong,
+        offset,
+        appended_root,
+        ..
+    } = &images;
     let script = format!(
-        r#"busybox mount -t proc proc /proc
-busybox mount -t sysfs sysfs /sys
-busybox mount -t devtmpfs devtmpfs /dev
-{insmod}busybox mkdir -p /mnt
-V=/bin/dm_verity
-$V version
+        r#"$V version
 echo "CASE good"
 $V open good /dev/vda /dev/vdb 0 {root} && busybox mount -t squashfs -o ro /dev/mapper/good /mnt && echo "READ good: $(busybox cat /mnt/hello)"
 busybox grep /dev/mapper/good /proc/mounts | busybox sed 's/^/MOUNTS: /'
@@ -181,29 +257,13 @@ $V open auto /dev/vde /dev/vde auto {appended_root} && busybox mount -t squashfs
 busybox umount /mnt; $V remove auto
 echo "DM LEFT: $(busybox ls /sys/block | busybox grep -c dm-)"
 busybox poweroff -f
-"#,
-        insmod = INSMOD_ALL,
+"#
     );
-    let mut modules: Vec<String> = VIRTIO_BLK_MODULES.iter().map(|m| m.to_string()).collect();
-    modules.push("squashfs".into());
-    modules.extend(DM_VERITY_MODULES.iter().map(|m| m.to_string()));
-    let initramfs = scratch.join("initramfs.cpio");
-    BusyboxInitramfs {
-        init_script: script,
-        modules,
-        files: vec![(tool, "/bin/dm_verity".into())],
-    }
-    .build(&initramfs);
+    let initramfs = verity_initramfs(&scratch, &script);
 
     let result = boot(&BootSpec {
         initrd: Initrd::Path(initramfs),
-        disks: vec![
-            Disk::ro(&data),
-            Disk::ro(&hash),
-            Disk::ro(&corrupt_block0),
-            Disk::ro(&corrupt_deep),
-            Disk::ro(&appended),
-        ],
+        disks: images.disks(),
         timeout: Duration::from_secs(120),
         ..Default::default()
     });
@@ -245,4 +305,41 @@ busybox poweroff -f
     assert_marker(&result, "VERITY: removed auto");
     assert_marker(&result, "DM LEFT: 0");
     assert_exit(&result, Exit::PowerOff);
+}
+
+/// `ovl.verity_onerror=restart|panic` become the kernel's `restart_on_corruption` and
+/// `panic_on_corruption`: reading the corrupted block restarts the machine, or panics it,
+/// instead of returning EIO. One boot each.
+#[test]
+fn onerror_restart_and_panic_are_the_kernels_corruption_options() {
+    let scratch = Scratch::new("verity-onerror");
+    let images = Images::new(&scratch);
+    for (mode, option, exit) in [
+        ("restart", "restart_on_corruption", Exit::Reboot),
+        ("panic", "panic_on_corruption", Exit::Panic),
+    ] {
+        let script = format!(
+            r#"$V open deep /dev/vdd /dev/vdb 0 {root} {mode} && busybox mount -t squashfs -o ro /dev/mapper/deep /mnt && echo "READ deep: $(busybox cat /mnt/hello)"
+busybox cat /mnt/big >/dev/null 2>/deep.err; echo "RC deepread=$? $(busybox cat /deep.err)"
+busybox poweroff -f
+"#,
+            root = images.root
+        );
+        let initramfs = verity_initramfs(&scratch, &script);
+        let result = boot(&BootSpec {
+            initrd: Initrd::Path(initramfs),
+            disks: images.disks(),
+            timeout: Duration::from_secs(120),
+            ..Default::default()
+        });
+        assert_marker(&result, "VERITY: open deep path=/dev/mapper/deep");
+        assert_marker(&result, &format!(" 1 {option}"));
+        assert_marker(&result, "READ deep: verified hello");
+        assert_marker(
+            &result,
+            &format!("data block {} is corrupted", images.deep_block),
+        );
+        assert_no_marker(&result, "RC deepread=");
+        assert_exit(&result, exit);
+    }
 }
