@@ -7,6 +7,8 @@
 //!     HASHOFFSET "auto": the tree appended after DATA's filesystem
 //!     prints "VERITY: open NAME path=/dev/mapper/NAME dev=MAJ:MIN params=..."
 //! dm_verity status NAME      prints "VERITY: status NAME STATUS"
+//! dm_verity describe NAME    prints "VERITY: describe NAME root=HASH onerror=MODE corrupted=BOOL"
+//!                            or "VERITY: describe NAME none"
 //! dm_verity remove NAME      removes it (deferred if still open)
 //! dm_verity version          prints the kernel's device-mapper version
 //! ```
@@ -61,6 +63,18 @@ fn run() -> Result<()> {
             let targets = control.status(name)?;
             let status = targets.first().map(|t| t.params.as_str()).unwrap_or("");
             println!("VERITY: status {name} {status}");
+            Ok(())
+        }
+        ["describe", name] => {
+            match verity::describe(name)? {
+                Some(state) => println!(
+                    "VERITY: describe {name} root={} onerror={} corrupted={}",
+                    state.table.root_hash,
+                    state.table.on_error.name(),
+                    state.corrupted
+                ),
+                None => println!("VERITY: describe {name} none"),
+            }
             Ok(())
         }
         ["remove", name] => {

@@ -357,6 +357,45 @@ pub fn plan_table(spec: &VeritySpec, sb: &VeritySuperblock) -> Result<VerityTabl
     })
 }
 
+/// What a live verity table says (from its parameters, as [`plan_table`]
+/// wrote them and the kernel reports them back): for `overlay-init status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveTable {
+    /// `MAJOR:MINOR` (the kernel reports devices by number).
+    pub data_device: String,
+    pub hash_device: String,
+    pub algorithm: String,
+    pub root_hash: RootHash,
+    pub on_error: OnError,
+}
+
+/// Parse the parameters of a `verity` target (version 0 or 1 format).
+pub fn parse_table_params(params: &str) -> Option<LiveTable> {
+    let fields: Vec<&str> = params.split_whitespace().collect();
+    let [version, data, hash, _, _, _, _, algorithm, digest, _salt, optional @ ..] =
+        fields.as_slice()
+    else {
+        return None;
+    };
+    if !matches!(*version, "0" | "1") {
+        return None;
+    }
+    let on_error = if optional.contains(&"panic_on_corruption") {
+        OnError::Panic
+    } else if optional.contains(&"restart_on_corruption") {
+        OnError::Restart
+    } else {
+        OnError::Eio
+    };
+    Some(LiveTable {
+        data_device: data.to_string(),
+        hash_device: hash.to_string(),
+        algorithm: algorithm.to_string(),
+        root_hash: RootHash::parse(digest).ok()?,
+        on_error,
+    })
+}
+
 /// Check the superblock's data area against the devices' sizes (bytes), so a
 /// mismatch is reported by name before the kernel fails with a bare EINVAL or
 /// an I/O error at the end of the device.
@@ -497,6 +536,28 @@ mod tests {
             )
         );
         assert_root_block(APPENDED_ODD, 16896, ODD_ROOT);
+    }
+
+    #[test]
+    fn live_table_parameters_read_back() {
+        let sb = read(&APPENDED[16384..]).unwrap().unwrap();
+        for on_error in [OnError::Eio, OnError::Restart, OnError::Panic] {
+            let mut s = spec("7:0", "7:1", 16384, root(APPENDED_ROOT));
+            s.on_error = on_error;
+            let live = parse_table_params(&plan_table(&s, &sb).unwrap().params).unwrap();
+            assert_eq!(live.root_hash, root(APPENDED_ROOT));
+            assert_eq!(
+                (live.data_device.as_str(), live.hash_device.as_str()),
+                ("7:0", "7:1")
+            );
+            assert_eq!(live.algorithm, "sha256");
+            assert_eq!(live.on_error, on_error);
+        }
+        assert_eq!(parse_table_params("0 7:0 7:0 4096 4096 4"), None);
+        assert_eq!(
+            parse_table_params("2 a b 1 1 1 1 sha256 abcdabcdabcdabcdabcdabcdabcdabcdabcdabcd -"),
+            None
+        );
     }
 
     #[test]

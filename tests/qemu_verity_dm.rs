@@ -237,6 +237,7 @@ $V open good /dev/vda /dev/vdb 0 {root} && busybox mount -t squashfs -o ro /dev/
 busybox grep /dev/mapper/good /proc/mounts | busybox sed 's/^/MOUNTS: /'
 busybox md5sum /mnt/big | busybox sed 's/^/MD5 good: /'
 $V status good
+$V describe good
 busybox umount /mnt; $V remove good
 echo "CASE wrong"
 $V open wrong /dev/vda /dev/vdb 0 {wrong}; echo "RC wrong=$?"
@@ -247,6 +248,7 @@ echo "CASE deep"
 $V open deep /dev/vdd /dev/vdb 0 {root} && busybox mount -t squashfs -o ro /dev/mapper/deep /mnt && echo "READ deep: $(busybox cat /mnt/hello)"
 busybox cat /mnt/big >/dev/null 2>/deep.err; echo "RC deepread=$? $(busybox cat /deep.err)"
 $V status deep
+$V describe deep
 busybox umount /mnt; $V remove deep
 echo "CASE appended"
 $V open app /dev/vde /dev/vde {offset} {appended_root} && busybox mount -t squashfs -o ro /dev/mapper/app /mnt && echo "READ appended: $(busybox cat /mnt/hello)"
@@ -255,6 +257,7 @@ busybox umount /mnt; $V remove app
 echo "CASE auto"
 $V open auto /dev/vde /dev/vde auto {appended_root} && busybox mount -t squashfs -o ro /dev/mapper/auto /mnt && echo "READ auto: $(busybox cat /mnt/hello)"
 busybox umount /mnt; $V remove auto
+$V describe good
 echo "DM LEFT: $(busybox ls /sys/block | busybox grep -c dm-)"
 busybox poweroff -f
 "#
@@ -277,6 +280,11 @@ busybox poweroff -f
     let big_md5 = big_md5.split_whitespace().next().unwrap();
     assert_marker(&result, &format!("MD5 good: {big_md5}"));
     assert_marker(&result, "VERITY: status good V");
+    assert_marker(
+        &result,
+        &format!("VERITY: describe good root={root} onerror=eio corrupted=false"),
+    );
+    assert_marker(&result, "VERITY: describe good none");
     assert_marker(&result, "VERITY: removed good");
     // Wrong root hash: refused at setup, by name, nothing left.
     assert_marker(
@@ -295,6 +303,10 @@ busybox poweroff -f
     assert_marker(&result, "READ deep: verified hello");
     assert_marker(&result, "RC deepread=1 cat: read error: Input/output error");
     assert_marker(&result, "VERITY: status deep C");
+    assert_marker(
+        &result,
+        &format!("VERITY: describe deep root={root} onerror=eio corrupted=true"),
+    );
     assert_marker(&result, "VERITY: removed deep");
     // Appended tree.
     assert_marker(&result, "READ appended: verified hello");

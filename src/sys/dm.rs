@@ -36,6 +36,7 @@ const DM_VERSION_MINOR: u32 = 0;
 
 const DM_READONLY_FLAG: u32 = 1 << 0;
 const DM_SUSPEND_FLAG: u32 = 1 << 1;
+const DM_STATUS_TABLE_FLAG: u32 = 1 << 4;
 const DM_BUFFER_FULL_FLAG: u32 = 1 << 8;
 const DM_DEFERRED_REMOVE: u32 = 1 << 17;
 
@@ -359,9 +360,19 @@ impl Control {
     /// `DM_TABLE_STATUS`: each target's status line (for verity: `V` verified
     /// so far, `C` a corruption was detected).
     pub fn status(&self, name: &str) -> Result<Vec<Target>> {
+        self.table_status(name, 0)
+    }
+
+    /// `DM_TABLE_STATUS` with `DM_STATUS_TABLE_FLAG`: the live table, each
+    /// target's parameters as loaded (what `dmsetup table` prints).
+    pub fn table(&self, name: &str) -> Result<Vec<Target>> {
+        self.table_status(name, DM_STATUS_TABLE_FLAG)
+    }
+
+    fn table_status(&self, name: &str, flags: u32) -> Result<Vec<Target>> {
         let mut room = 4096;
         loop {
-            let mut request = DmRequest::new(name, 0, room)?;
+            let mut request = DmRequest::new(name, flags, room)?;
             request
                 .call(self.fd.as_fd(), DM_TABLE_STATUS)
                 .with_context(|| format!("reading the status of device-mapper device {name}"))?;

@@ -12,7 +12,10 @@ use anyhow::{bail, Context, Result};
 
 use super::dm::{self, DmDevice, Target};
 use crate::probe::verity::{self as sb, VeritySuperblock};
-use crate::verity::{check_sizes, plan_table, OnError, RootHash, VeritySpec, TARGET_TYPE};
+use crate::verity::{
+    check_sizes, parse_table_params, plan_table, LiveTable, OnError, RootHash, VeritySpec,
+    TARGET_TYPE,
+};
 
 /// What to verify: devices by path (block devices), the rest as in [`VeritySpec`].
 #[derive(Debug, Clone)]
@@ -211,4 +214,45 @@ pub fn find_appended_tree(data: &Path) -> Result<u64> {
         )
     })?;
     Ok(sb::appended_hash_offset(end))
+}
+
+/// A live verity device, for `overlay-init status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerityState {
+    pub table: LiveTable,
+    /// `V`: every block read so far verified; `C`: a corruption was seen.
+    pub corrupted: bool,
+}
+
+/// The verity state of device-mapper device `name`; `Ok(None)` when there is
+/// no such device (or device-mapper is not in the kernel): the lower is not verified.
+pub fn describe(name: &str) -> Result<Option<VerityState>> {
+    if !dm::available() {
+        return Ok(None);
+    }
+    let control = dm::Control::open()?;
+    let table = match control.table(name) {
+        Ok(targets) => targets,
+        Err(e) if e.downcast_ref::<rustix::io::Errno>() == Some(&rustix::io::Errno::NXIO) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(target) = table.iter().find(|t| t.target_type == TARGET_TYPE) else {
+        return Ok(None);
+    };
+    let live = parse_table_params(&target.params).with_context(|| {
+        format!(
+            "device-mapper {name}: unexpected verity table {:?}",
+            target.params
+        )
+    })?;
+    let status = control.status(name)?;
+    let corrupted = status
+        .iter()
+        .any(|t| t.target_type == TARGET_TYPE && t.params.trim() == "C");
+    Ok(Some(VerityState {
+        table: live,
+        corrupted,
+    }))
 }
