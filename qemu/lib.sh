@@ -64,6 +64,8 @@ NEEDED_TOOLS=(
     "xorriso:xorriso"
     "dosfstools:mkfs.vfat"
     "exfatprogs:mkfs.exfat"
+    # dm-verity test images (veritysetup format).
+    "cryptsetup-bin:veritysetup"
 )
 
 log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }

@@ -113,7 +113,16 @@ pub fn failsafe_key_window(config: &Config) -> bool {
 
 /// Modules loaded only when a mount needs them (see `overlay::mount_*` and
 /// `mount_image`): a squashfs boot with a tmpfs upper loads no erofs or loop.
-pub const ON_DEMAND_MODULES: &[&str] = &["squashfs", "erofs", "ext4", "overlay", "loop"];
+pub const ON_DEMAND_MODULES: &[&str] = &[
+    "squashfs",
+    "erofs",
+    "ext4",
+    "overlay",
+    "loop",
+    // The device-mapper stack (and what only it needs), only for `ovl.verity=`:
+    // crate::verity::MODULES.
+    "dm_verity",
+];
 
 /// Load the kernel modules the module index lists, if there is one
 /// (`ovl.modules=` says how). A module that fails is logged by name; the boot

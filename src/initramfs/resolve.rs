@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The modules every initramfs carries unless told otherwise: virtio block devices,
-/// the lower filesystems, the overlay and loop devices for `ovl.image=`.
+/// the lower filesystems, the overlay, loop devices for `ovl.image=`, and
+/// device-mapper with dm-verity for `ovl.verity=` (loaded only when asked for:
+/// see `crate::verity::MODULES`; Debian's dm_verity also needs reed_solomon and
+/// dm_bufio, which the resolver adds).
 pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
@@ -18,6 +21,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "erofs",
     "overlay",
     "loop",
+    "dm_mod",
+    "dm_verity",
 ];
 
 /// One module file found in a tree.

@@ -118,6 +118,10 @@ fn resolves_the_default_set_in_dependency_order() {
             "erofs",
             "overlay",
             "loop",
+            "dm_mod",
+            "reed_solomon",
+            "dm_bufio",
+            "dm_verity",
         ]
     );
     let depends_of = |name: &str| {
@@ -135,6 +139,61 @@ fn resolves_the_default_set_in_dependency_order() {
     // libcrc32c's soft dependency `crc32c` is provided by built-in crc32c_generic.
     assert!(depends_of("libcrc32c").is_empty());
     assert!(resolution.warnings.is_empty(), "{:?}", resolution.warnings);
+}
+
+/// dm-verity's dependencies in the real tree, and that the boot's on-demand list plus
+/// `verity::MODULES` keeps the whole device-mapper stack out of the eager load.
+#[test]
+fn dm_verity_is_carried_with_its_dependencies_and_loaded_only_on_demand() {
+    let mut tree = FsModuleTree::open(&real_tree()).unwrap();
+    let resolution = resolve(&mut tree, &defaults()).unwrap();
+    let depends_of = |name: &str| {
+        let mut depends = resolution
+            .modules
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("{name} resolved"))
+            .depends
+            .clone();
+        depends.sort();
+        depends
+    };
+    assert_eq!(
+        depends_of("dm_verity"),
+        ["dm_bufio", "dm_mod", "reed_solomon"]
+    );
+    assert_eq!(depends_of("dm_bufio"), ["dm_mod"]);
+    assert!(depends_of("dm_mod").is_empty());
+
+    let mut index = ModuleIndex::default();
+    for module in &resolution.modules {
+        index
+            .push(
+                &module.name,
+                &format!("{}.ko", module.name),
+                module.depends.iter().map(String::as_str),
+            )
+            .unwrap();
+    }
+    let on_demand: Vec<&str> = crate::boot::ON_DEMAND_MODULES
+        .iter()
+        .chain(crate::verity::MODULES)
+        .copied()
+        .collect();
+    let name = |p: usize| index.entries[p].name.as_str();
+    let eager: Vec<&str> = index.eager(&on_demand).into_iter().map(name).collect();
+    for dm in ["dm_mod", "dm_bufio", "reed_solomon", "dm_verity"] {
+        assert!(!eager.contains(&dm), "{dm} is loaded eagerly: {eager:?}");
+    }
+    let on_verity: Vec<&str> = index
+        .closure(crate::verity::MODULES)
+        .into_iter()
+        .map(name)
+        .collect();
+    assert_eq!(
+        on_verity,
+        ["dm_mod", "reed_solomon", "dm_bufio", "dm_verity"]
+    );
 }
 
 #[test]
@@ -439,7 +498,9 @@ fn default_build_stores_compressed_modules_decompressed_and_deterministically() 
     let index = parse_index(&entries);
     assert_eq!(index.entries.len(), compressed.files.len());
     for module in &index.entries {
-        assert_eq!(module.path, format!("{}.ko", module.name), "{module:?}");
+        // Stored under the original file name (dm-mod.ko for the module dm_mod).
+        let original_name = compressed.files[&module.name].0.file_name().unwrap();
+        assert_eq!(module.path, original_name.to_str().unwrap(), "{module:?}");
         assert!(!module.is_compressed());
         let stored = entries
             .iter()

@@ -8,6 +8,7 @@ pub mod crc;
 pub mod partition;
 pub mod source;
 pub mod superblock;
+pub mod verity;
 
 mod bytes;
 mod fat;

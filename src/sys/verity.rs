@@ -1,0 +1,258 @@
+//! Open a dm-verity device over a lower: read the superblock, plan the table
+//! ([`crate::verity::plan_table`]), create the device ([`super::dm`]), and read
+//! its first block so a wrong root hash fails here, by name, instead of as a
+//! bare I/O error inside the filesystem mount.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::dm::{self, DmDevice, Target};
+use crate::probe::verity::{self as sb, VeritySuperblock};
+use crate::verity::{
+    check_sizes, parse_table_params, plan_table, LiveTable, OnError, RootHash, VeritySpec,
+    TARGET_TYPE,
+};
+
+/// What to verify: devices by path (block devices), the rest as in [`VeritySpec`].
+#[derive(Debug, Clone)]
+pub struct OpenRequest<'a> {
+    /// The device-mapper name (`crate::verity::MAIN_DM_NAME`, ...).
+    pub name: &'a str,
+    pub data: &'a Path,
+    /// The hash device; the data device itself for an appended tree.
+    pub hash: &'a Path,
+    pub hash_offset: u64,
+    pub root_hash: &'a RootHash,
+    pub on_error: OnError,
+}
+
+/// A live, checked verity device.
+#[derive(Debug)]
+pub struct VerifiedDevice {
+    pub device: DmDevice,
+    pub superblock: VeritySuperblock,
+    /// The table parameters loaded (for the log and `status`).
+    pub params: String,
+}
+
+/// Read the verity superblock at `offset` of `hash`.
+pub fn read_superblock(hash: &Path, offset: u64) -> Result<VeritySuperblock> {
+    let file = File::open(hash).with_context(|| format!("opening {}", hash.display()))?;
+    let mut buf = vec![0u8; sb::SUPERBLOCK_BYTES];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "reading the verity superblock of {} at {offset}",
+                        hash.display()
+                    )
+                })
+            }
+        }
+    }
+    buf.truncate(filled);
+    match sb::read(&buf) {
+        Ok(Some(superblock)) => Ok(superblock),
+        Ok(None) => bail!(
+            "no verity superblock on {} at offset {offset} (wrong ovl.verity_hash= or \
+             ovl.verity_hashoffset=, or made with veritysetup --no-superblock)",
+            hash.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("{} at offset {offset}", hash.display())),
+    }
+}
+
+/// `MAJOR:MINOR` of a block device, as the table line takes it.
+fn block_dev_numbers(path: &Path) -> Result<String> {
+    let metadata = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    if !metadata.file_type().is_block_device() {
+        bail!("{} is not a block device", path.display());
+    }
+    let rdev = metadata.rdev();
+    Ok(format!(
+        "{}:{}",
+        rustix::fs::major(rdev),
+        rustix::fs::minor(rdev)
+    ))
+}
+
+/// Set up `request.name` over the data device and check the root hash by
+/// reading the first data block. On any failure nothing is left behind.
+pub fn open(request: &OpenRequest<'_>) -> Result<VerifiedDevice> {
+    let superblock = read_superblock(request.hash, request.hash_offset)?;
+    let spec = VeritySpec {
+        data_device: block_dev_numbers(request.data)?,
+        hash_device: block_dev_numbers(request.hash)?,
+        hash_offset: request.hash_offset,
+        root_hash: request.root_hash.clone(),
+        on_error: request.on_error,
+    };
+    let named = |e: String| {
+        // The plan names devices by number; say which paths they are.
+        anyhow::anyhow!(
+            "{e} (data {}, hash {})",
+            request.data.display(),
+            request.hash.display()
+        )
+    };
+    let table = plan_table(&spec, &superblock).map_err(named)?;
+    check_sizes(
+        &spec,
+        &superblock,
+        dm::device_bytes(request.data)?,
+        dm::device_bytes(request.hash)?,
+    )
+    .map_err(named)?;
+    let target = Target {
+        start: 0,
+        sectors: table.sectors,
+        target_type: TARGET_TYPE.into(),
+        params: table.params.clone(),
+    };
+    let device = dm::create_device(request.name, None, &target, true).with_context(|| {
+        format!(
+            "setting up dm-verity {} over {}",
+            request.name,
+            request.data.display()
+        )
+    })?;
+    check_first_block(&device, &superblock, request)?;
+    Ok(VerifiedDevice {
+        device,
+        superblock,
+        params: table.params,
+    })
+}
+
+/// Read data block 0 through the verity device: its hash chain goes up to
+/// the root, so a wrong root hash (or a corrupt block 0 or hash block) gives EIO.
+fn check_first_block(
+    device: &DmDevice,
+    superblock: &VeritySuperblock,
+    request: &OpenRequest<'_>,
+) -> Result<()> {
+    let mut block = vec![0u8; superblock.data_block_size as usize];
+    let result = File::open(device.path()).and_then(|mut f| f.read_exact(&mut block));
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let status = device.status().unwrap_or_else(|s| format!("{s:#}"));
+            let corrupted = status.trim() == "C";
+            bail!(
+                "dm-verity {}: the first block of {} does not verify against root hash {} \
+                 with the hash tree on {} at offset {} ({e}; verity status {status:?}{})",
+                request.name,
+                request.data.display(),
+                request.root_hash,
+                request.hash.display(),
+                request.hash_offset,
+                if corrupted {
+                    ": wrong root hash, or the image or its hash tree is corrupt"
+                } else {
+                    ""
+                }
+            )
+        }
+    }
+}
+
+/// Make sure device-mapper and the verity target can be used, loading
+/// [`crate::verity::MODULES`] (and what they need) from the initramfs's module
+/// index when they are not there yet. Call before [`open`].
+pub fn ensure_modules() -> Result<()> {
+    if !(dm::available() && Path::new("/sys/module/dm_verity").exists()) {
+        for name in crate::verity::MODULES {
+            if let Some(report) = super::modules::load_on_demand(name) {
+                log::debug!(
+                    "{} modules loaded on demand for {name} in {:?}",
+                    report.modules.len(),
+                    report.total
+                );
+            }
+        }
+    }
+    if !dm::available() {
+        bail!(
+            "device-mapper is not available (no {}): the kernel needs dm_mod and dm_verity \
+             for ovl.verity=, built in or as modules in the initramfs",
+            dm::CONTROL_PATH
+        );
+    }
+    Ok(())
+}
+
+/// The hash offset of a tree appended to `data` right after its filesystem
+/// (squashfs, erofs, ext4), for an extra lower given as `SPEC@ROOTHASH`:
+/// the filesystem's end from its superblock, rounded up to 4 KiB.
+pub fn find_appended_tree(data: &Path) -> Result<u64> {
+    let file = File::open(data).with_context(|| format!("opening {}", data.display()))?;
+    let mut buf = vec![0u8; 2048];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", data.display())),
+        }
+    }
+    buf.truncate(filled);
+    let end = sb::filesystem_end(&buf).with_context(|| {
+        format!(
+            "cannot tell where the filesystem on {} ends (squashfs, erofs or ext4 expected), \
+             so not where its appended hash tree starts",
+            data.display()
+        )
+    })?;
+    Ok(sb::appended_hash_offset(end))
+}
+
+/// A live verity device, for `overlay-init status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerityState {
+    pub table: LiveTable,
+    /// `V`: every block read so far verified; `C`: a corruption was seen.
+    pub corrupted: bool,
+}
+
+/// The verity state of device-mapper device `name`; `Ok(None)` when there is
+/// no such device (or device-mapper is not in the kernel): the lower is not verified.
+pub fn describe(name: &str) -> Result<Option<VerityState>> {
+    if !dm::available() {
+        return Ok(None);
+    }
+    let control = dm::Control::open()?;
+    let table = match control.table(name) {
+        Ok(targets) => targets,
+        Err(e) if e.downcast_ref::<rustix::io::Errno>() == Some(&rustix::io::Errno::NXIO) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(target) = table.iter().find(|t| t.target_type == TARGET_TYPE) else {
+        return Ok(None);
+    };
+    let live = parse_table_params(&target.params).with_context(|| {
+        format!(
+            "device-mapper {name}: unexpected verity table {:?}",
+            target.params
+        )
+    })?;
+    let status = control.status(name)?;
+    let corrupted = status
+        .iter()
+        .any(|t| t.target_type == TARGET_TYPE && t.params.trim() == "C");
+    Ok(Some(VerityState {
+        table: live,
+        corrupted,
+    }))
+}
