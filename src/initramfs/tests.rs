@@ -175,7 +175,7 @@ fn dm_verity_is_carried_with_its_dependencies_and_loaded_only_on_demand() {
             )
             .unwrap();
     }
-    let on_demand: Vec<&str> = crate::boot::ON_DEMAND_MODULES
+    let on_demand: Vec<&str> = crate::boot::steps::ON_DEMAND_MODULES
         .iter()
         .chain(crate::verity::MODULES)
         .copied()
