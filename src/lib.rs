@@ -27,6 +27,7 @@ pub mod switch;
 pub mod sys;
 pub mod timeline;
 pub mod uevent;
+pub mod upgrade;
 pub mod upper;
 
 #[cfg(test)]

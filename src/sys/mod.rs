@@ -1,15 +1,18 @@
 //! The only place that talks to the kernel. Every `unsafe` block lives here,
 //! each with a SAFETY note.
 pub mod blockdev;
+pub mod carry;
 pub mod console_key;
 pub mod io;
 pub mod kmsg;
 pub mod loopdev;
+pub mod lower_identity;
 pub mod modules;
 pub mod mount;
 pub mod pivot;
 pub mod power;
 pub mod switch;
 pub mod uevent;
+pub mod upgrade_scan;
 pub mod upperfs;
 pub mod wipe;
