@@ -7,7 +7,7 @@
 //! | fs | UUID | hashed (SHA-256) |
 //! |---|---|---|
 //! | squashfs | none (the format has none) | the 96-byte superblock, then `[inode_table_start, bytes_used)`: the inode, directory, fragment, export, id and xattr tables, which squashfs 4.0 stores after all data blocks |
-//! | erofs | `uuid` when not all zero | the 128-byte superblock, then every inode reachable from the root (the on-disk inode and its inline xattrs) and every directory's blocks, each once, in directory order |
+//! | erofs | `uuid` when not all zero | the 128-byte superblock (its checksum field zeroed), then every inode reachable from the root (the on-disk inode and its inline xattrs) and every directory's blocks, each once, in directory order |
 //! | ext4 | `s_uuid` | the 1024-byte superblock with its mount bookkeeping zeroed (mount/write/check times, mount count, state, last-mounted path, kbytes written, checksum), then the group descriptor table |
 //!
 //! Plus `IMAGE_VERSION`, `VERSION_ID` and `BUILD_ID` from the image's
@@ -382,7 +382,11 @@ fn erofs(dev: &(impl ReadAt + ?Sized)) -> Result<MetaHash> {
         cache: HashMap::new(),
     };
     let mut h = Hasher::new(dev);
-    h.add(&sb)?;
+    // The superblock checksum covers the rest of block 0, which may hold
+    // inodes: those are hashed by the walk; the derived checksum is not.
+    let mut sb_hashed = sb;
+    sb_hashed[4..8].fill(0);
+    h.add(&sb_hashed)?;
     let mut seen = HashSet::new();
     let mut stack = vec![root_nid];
     while let Some(nid) = stack.pop() {
