@@ -310,7 +310,7 @@ fn ext4(dev: &(impl ReadAt + ?Sized), sb: &[u8]) -> Result<MetaHash> {
     let table = if meta_bg {
         block_size
     } else {
-        groups * desc_size
+        groups.saturating_mul(desc_size)
     };
     h.add_range((first_data_block + 1) * block_size, table)
         .context("hash the ext4 group descriptors")?;
@@ -831,6 +831,37 @@ mod tests {
             compare(&Recorded::Corrupt("x".into()), &one),
             LowerChange::Unknown(_)
         ));
+    }
+
+    #[test]
+    fn real_images_hash_and_mutations_never_panic() {
+        let fixtures: [(&str, &[u8]); 3] = [
+            (
+                "squashfs",
+                include_bytes!("../../tests/fixtures/probe/squashfs.img"),
+            ),
+            (
+                "erofs",
+                include_bytes!("../../tests/fixtures/probe/erofs.img"),
+            ),
+            (
+                "ext4",
+                include_bytes!("../../tests/fixtures/probe/ext4.img"),
+            ),
+        ];
+        let mut rng = crate::test_rng::XorShift::new(0x5eed_1de7);
+        for (fstype, image) in fixtures {
+            let base = metadata_hash(image).unwrap_or_else(|e| panic!("{fstype}: {e:#}"));
+            assert_eq!(base.fstype, fstype);
+            assert!(
+                base.bytes > 0 && base.bytes <= image.len() as u64,
+                "{fstype}: {base:?}"
+            );
+            for _ in 0..2000 {
+                let mutated = rng.mutate(image, 8192);
+                let _ = metadata_hash(&mutated);
+            }
+        }
     }
 
     #[test]

@@ -148,7 +148,7 @@ pub struct Plan {
 
 /// What else this boot does, from the reset machinery and the cmdline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Context_ {
+pub struct BootContext {
     /// `ovl.failsafe`: the persistent upper is not touched at all.
     pub failsafe: bool,
     /// A reset runs anyway (`ovl.reset` or a pending request); it carries the
@@ -160,7 +160,7 @@ pub struct Context_ {
 /// makes the upgrade action moot (the identity is still recorded); else
 /// first boot and an unreadable record record the identity and change
 /// nothing; an unchanged lower does nothing; a change applies the policy.
-pub fn decide(state: LowerState, policy: Policy, ctx: Context_) -> Plan {
+pub fn decide(state: LowerState, policy: Policy, ctx: BootContext) -> Plan {
     use Action::*;
     use LowerState::*;
     let plan = |action, record, notice| Plan {
@@ -244,15 +244,15 @@ mod tests {
         use Action::*;
         use LowerState::*;
         use Notice::*;
-        const PLAIN: Context_ = Context_ {
+        const PLAIN: BootContext = BootContext {
             failsafe: false,
             reset_anyway: false,
         };
-        const RESET: Context_ = Context_ {
+        const RESET: BootContext = BootContext {
             failsafe: false,
             reset_anyway: true,
         };
-        let table: &[(LowerState, Policy, Context_, Action, bool, Notice)] = &[
+        let table: &[(LowerState, Policy, BootContext, Action, bool, Notice)] = &[
             (FirstBoot, Policy::Keep, PLAIN, Nothing, true, Info),
             (FirstBoot, Policy::Prune, PLAIN, Nothing, true, Info),
             (FirstBoot, Policy::Reset, PLAIN, Nothing, true, Info),
@@ -290,7 +290,7 @@ mod tests {
                     .iter()
                     .any(|r| r.0 == state && r.1 == policy && r.2 == PLAIN));
                 for reset_anyway in [false, true] {
-                    let failsafe = Context_ {
+                    let failsafe = BootContext {
                         failsafe: true,
                         reset_anyway,
                     };
