@@ -20,6 +20,10 @@
 //!   *except* the overlay's own (`trusted.overlay.*`, `user.overlay.*`): an
 //!   opaque parent would otherwise hide the new lower's whole directory.
 //! - Any failure is an error: the caller must not swap a half-carried upper in.
+//! - The copy path reads and sets the xattrs of symlinks and device nodes
+//!   through `/proc/self/fd/DIR/NAME` with the `l*xattr` calls (there are no
+//!   `*at` forms): `/proc` must be mounted (it is, early in both boot modes).
+//!   The hard-link path needs nothing of the kind.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
