@@ -3,9 +3,10 @@
 #
 # 1. Lower identity: sys::lower_identity::identify on ~100 MB squashfs, erofs and ext4
 #    images (1,000 files of 100 KiB of random data, 20 directories), read through a loop
-#    device as at boot. Before each run the loop device's buffers are flushed
-#    (blockdev --flushbufs) and the backing file dropped from the page cache
-#    (dd iflag=nocache), so the metadata is read from the host's disk.
+#    device while the image is mounted on it, as at boot. Before each run the loop
+#    device's buffers are flushed (blockdev --flushbufs) and the backing file dropped from
+#    the page cache (dd iflag=nocache). Buffers the mounted filesystem holds (ext4 keeps
+#    its superblock and group descriptors) stay cached, as they are at boot.
 # 2. Reset with a keep-list: reset::apply_pending_keeping on a loop-mounted ext4 upper
 #    holding 100,000 small files plus 100 kept files of 1 MiB, keep-list of 100 lines;
 #    the upper is remounted before each run (cold dentry/inode caches).
@@ -43,7 +44,7 @@ for d in $(seq 0 19); do
 done
 mksquashfs "$WORK/tree" "$WORK/img.squashfs" -quiet -noappend -no-progress >/dev/null
 mkfs.erofs --quiet "$WORK/img.erofs" "$WORK/tree"
-mkfs.ext4 -q -F -d "$WORK/tree" "$WORK/img.ext4" 128M
+mkfs.ext4 -q -F -d "$WORK/tree" "$WORK/img.ext4" 128M >/dev/null
 declare -A DEV SIZE ID BYTES
 for fs in squashfs erofs ext4; do
     DEV[$fs]=$(losetup --find --show --read-only "$WORK/img.$fs"); LOOPS+=("${DEV[$fs]}")

@@ -18,6 +18,7 @@ use overlay_init::sys::carry::LinkMode;
 use overlay_init::upgrade::keep;
 
 fn main() -> Result<()> {
+    overlay_init::logger::init_cli(false);
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
         .iter()

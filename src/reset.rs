@@ -198,11 +198,13 @@ pub fn apply_pending_keeping(
     let mut carry = |old: BorrowedFd<'_>, new: BorrowedFd<'_>| -> Result<()> {
         let report = crate::sys::carry::carry(old, new, keep, link)?;
         log::info!(
-            "reset: carried {} kept paths ({} entries: {} linked, {} copied)",
+            "reset: carried {} kept paths ({} entries: {} linked, {} copied) in {:?}, syncfs {:?}",
             report.kept.len(),
             report.entries,
             report.linked,
-            report.copied
+            report.copied,
+            report.walk_took,
+            report.sync_took
         );
         for m in &report.mount_points_skipped {
             log::warn!("reset: {} is a mount point: not carried", m.display());

@@ -65,6 +65,10 @@ pub struct CarryReport {
     pub copied: u64,
     /// Mount points met under a kept path: skipped, not entered.
     pub mount_points_skipped: Vec<PathBuf>,
+    /// Time spent finding and recreating entries.
+    pub walk_took: std::time::Duration,
+    /// Time spent in the final `syncfs`.
+    pub sync_took: std::time::Duration,
 }
 
 pub(crate) const DIR_FLAGS: OFlags = OFlags::RDONLY
@@ -252,6 +256,7 @@ pub fn carry(
     keep: &KeepList,
     mode: LinkMode,
 ) -> Result<CarryReport> {
+    let began = std::time::Instant::now();
     let root_id = mount_id(old_upper).context("statx the old upper")?;
     let mut carrier = Carrier {
         keep,
@@ -265,7 +270,10 @@ pub fn carry(
         let mut path: Vec<Vec<u8>> = Vec::new();
         carrier.search(old_upper, &mut stack, &mut path)?;
     }
+    carrier.report.walk_took = began.elapsed();
+    let sync_began = std::time::Instant::now();
     syncfs(new_upper).context("syncfs the new upper")?;
+    carrier.report.sync_took = sync_began.elapsed();
     Ok(carrier.report)
 }
 
