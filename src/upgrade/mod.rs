@@ -182,6 +182,43 @@ pub fn decide(state: LowerState, policy: Policy, ctx: BootContext) -> Plan {
     }
 }
 
+/// The warning of a boot whose lowers changed: which layers, old and new
+/// identity and version, what the policy did, and how many upper entries
+/// still shadow the new lowers (listed in `/run/overlay-init/shadowed`).
+pub fn change_message(
+    old: &IdentityRecord,
+    new: &IdentityRecord,
+    layers: &[String],
+    policy: Policy,
+    shadowed: usize,
+) -> String {
+    let layer = |rec: &IdentityRecord, name: &str| -> String {
+        let id = match name {
+            "main" => Some(&rec.main),
+            other => other
+                .strip_prefix("extra")
+                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|n| rec.extra.get(n)),
+        };
+        id.map_or_else(|| "absent".to_string(), |id| id.describe())
+    };
+    let changes: Vec<String> = layers
+        .iter()
+        .map(|l| format!("{l}: {} -> {}", layer(old, l), layer(new, l)))
+        .collect();
+    let done = match policy {
+        Policy::Keep => "the upper is kept as it is",
+        Policy::Prune => "copies identical to the new lower and stale whiteouts were pruned",
+        Policy::Reset => "the upper was reset, keeping the keep-list",
+    };
+    format!(
+        "the lower changed (an upgrade or a rollback): {}; ovl.upgrade={}: {done}; \
+         {shadowed} upper entries shadow a path of the new lower (list: /run/overlay-init/shadowed)",
+        changes.join("; "),
+        policy.name()
+    )
+}
+
 /// Read `.overlay-init/lower-identity` on the upper's filesystem.
 pub fn read_record(upper_root: &Path) -> Result<Recorded> {
     let root = crate::sys::wipe::open_dir(upper_root)?;
@@ -235,6 +272,42 @@ mod tests {
         for p in Policy::ALL {
             assert_eq!(parse_policy(Some(p.name())), Ok(p));
         }
+    }
+
+    #[test]
+    fn change_message_names_both_versions() {
+        let id = |v: &str, h: char| identity::LowerIdentity {
+            fstype: "squashfs".into(),
+            uuid: None,
+            meta_sha256: h.to_string().repeat(64),
+            meta_bytes: 1,
+            version: identity::OsVersion {
+                version_id: Some(v.into()),
+                ..Default::default()
+            },
+        };
+        let old = IdentityRecord {
+            main: id("1", 'a'),
+            extra: vec![],
+        };
+        let new = IdentityRecord {
+            main: id("2", 'b'),
+            extra: vec![id("x", 'c')],
+        };
+        let m = change_message(
+            &old,
+            &new,
+            &["main".into(), "extra0".into()],
+            Policy::Keep,
+            3,
+        );
+        assert!(m.contains("main: squashfs 1 aaaa"), "{m}");
+        assert!(m.contains("-> squashfs 2 bbbb"), "{m}");
+        assert!(m.contains("extra0: absent -> squashfs x cccc"), "{m}");
+        assert!(
+            m.contains("ovl.upgrade=keep") && m.contains("3 upper entries"),
+            "{m}"
+        );
     }
 
     /// Every combination, written out: {first boot, unreadable, unchanged,
