@@ -923,3 +923,50 @@ fn keep_list_is_read_from_the_merged_view() {
         assert_eq!(read(), None, "deleted in the upper (a whiteout)");
     });
 }
+
+/// The carry never enters another mount under a kept directory, whether
+/// another filesystem or a bind mount of the same one: the mount point is
+/// reported and left out, the rest of the kept directory is carried.
+#[test]
+fn carry_never_crosses_a_mount() {
+    in_private_mount_namespace("carry_never_crosses_a_mount", |scratch| {
+        let image = v1_lower(scratch);
+        let world = World::new(scratch, &image);
+        let upper_dir = reset::upperdir(&world.upper_root());
+        let kept = upper_dir.join("root/.ssh");
+        fs::create_dir_all(kept.join("other-fs")).unwrap();
+        fs::create_dir_all(kept.join("same-fs")).unwrap();
+        fs::write(kept.join("authorized_keys"), "key\n").unwrap();
+        let _tmpfs = Mounted::tmpfs(&kept.join("other-fs"));
+        fs::write(kept.join("other-fs/foreign"), "must not be carried").unwrap();
+        let source = world.upper_root().join("bind-source");
+        fs::create_dir_all(&source).unwrap();
+        fs::write(source.join("bound"), "must not be carried").unwrap();
+        let _bind = Mounted::bind(&source, &kept.join("same-fs"));
+        let fresh = world.upper_root().join("fresh");
+        fs::create_dir_all(&fresh).unwrap();
+        let old = overlay_init::sys::wipe::open_dir(&upper_dir).unwrap();
+        let new = overlay_init::sys::wipe::open_dir(&fresh).unwrap();
+        let report = overlay_init::sys::carry::carry(
+            old.as_fd(),
+            new.as_fd(),
+            &keep::parse(b"/root/.ssh\n"),
+            LinkMode::HardLinkWherePossible,
+        )
+        .unwrap();
+        let mut skipped: Vec<_> = report
+            .mount_points_skipped
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        skipped.sort();
+        assert_eq!(skipped, ["root/.ssh/other-fs", "root/.ssh/same-fs"]);
+        assert_eq!(
+            fs::read_to_string(fresh.join("root/.ssh/authorized_keys")).unwrap(),
+            "key\n"
+        );
+        assert!(!fresh.join("root/.ssh/other-fs").exists());
+        assert!(!fresh.join("root/.ssh/same-fs").exists());
+        assert_eq!(report.linked, 1);
+    });
+}
