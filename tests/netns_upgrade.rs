@@ -900,7 +900,7 @@ fn keep_list_is_read_from_the_merged_view() {
             scratch,
             "1",
             "t",
-            &[("etc/overlay-init/keep", "/from/lower\n")],
+            &[("etc/overlay-init/keep", "/from/lower\nrelative/path\n")],
         );
         let image = scratch.join("k.sqsh");
         reproducible_squashfs(&tree, &image);
@@ -912,7 +912,15 @@ fn keep_list_is_read_from_the_merged_view() {
             upgrade_scan::read_merged_file(u.as_fd(), &[l.as_fd()], b"etc/overlay-init/keep")
                 .unwrap()
         };
-        assert_eq!(read().as_deref(), Some(&b"/from/lower\n"[..]));
+        let from_lower = read().unwrap();
+        assert_eq!(from_lower, b"/from/lower\nrelative/path\n");
+        let parsed = keep::parse(&from_lower);
+        assert_eq!(parsed.patterns.len(), 1);
+        assert_eq!(parsed.bad.len(), 1);
+        assert_eq!(parsed.bad[0].line, 2, "bad lines are reported by number");
+        assert!(parsed.bad[0]
+            .to_string()
+            .starts_with("keep-list line 2: \"relative/path\""));
         let m = world.overlay("merged");
         fs::write(m.target.join("etc/overlay-init/keep"), "/from/upper\n").unwrap();
         m.unmount();
