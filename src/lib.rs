@@ -34,6 +34,7 @@ pub mod state;
 pub mod sys;
 pub mod timeline;
 pub mod uevent;
+pub mod upgrade;
 pub mod verity;
 
 #[cfg(test)]

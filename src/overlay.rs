@@ -57,8 +57,18 @@ pub fn upper_dirs(upper_fs: &Path) -> (PathBuf, PathBuf) {
     (layout::upperdir(upper_fs), layout::workdir(upper_fs))
 }
 
+/// Overlay features that make offline changes to a lower undefined behaviour
+/// (the kernel's overlayfs.rst, "Changes to underlying filesystems"). They are
+/// turned off explicitly, whatever the kernel's build defaults
+/// (`CONFIG_OVERLAY_FS_INDEX`, `_METACOPY`, `_REDIRECT_DIR`, `_XINO_AUTO`), so
+/// that replacing the lower image between boots (a firmware upgrade) is safe.
+/// The kernel lists an option in `/proc/mounts` only when it differs from the
+/// module's default. See docs/upgrades.md.
+pub const SAFE_OPTIONS: &str = "index=off,metacopy=off,redirect_dir=off,xino=off";
+
 /// The overlayfs mount data. Lowers are listed topmost first: the main lower,
 /// then the `ovl.lower=` entries in order, so the main lower wins on conflicts.
+/// Always ends with [`SAFE_OPTIONS`].
 pub fn overlay_options(lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<String> {
     if lowers.is_empty() {
         bail!("an overlay needs at least one lower layer");
@@ -74,7 +84,7 @@ pub fn overlay_options(lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<
     }
     let lowerdir: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
     Ok(format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={},{SAFE_OPTIONS}",
         lowerdir.join(":"),
         upper.display(),
         work.display()
@@ -162,7 +172,8 @@ mod tests {
         let opts = overlay_options(&[s.rom(), s.extra_lower(0), s.extra_lower(1)], &u, &w).unwrap();
         assert_eq!(
             opts,
-            "lowerdir=/rom:/run/overlay-init/lower0:/run/overlay-init/lower1,upperdir=/overlay/upper,workdir=/overlay/work"
+            "lowerdir=/rom:/run/overlay-init/lower0:/run/overlay-init/lower1,upperdir=/overlay/upper,workdir=/overlay/work,\
+             index=off,metacopy=off,redirect_dir=off,xino=off"
         );
     }
 

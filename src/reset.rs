@@ -109,6 +109,9 @@ pub enum Step {
     RecordRequest,
     /// `trash/GEN/upper` and `trash/GEN/work` created empty.
     Prepare,
+    /// Only with a keep-list: the kept entries of the live `upper/` carried
+    /// into `trash/GEN/upper` (`sys::carry`), then `syncfs`.
+    CarryKept,
     /// The live `work/` swapped with the empty one (the overlay never shows it).
     SwapWork,
     /// The live `upper/` swapped with the empty one: the old state is gone.
@@ -118,9 +121,20 @@ pub enum Step {
 }
 
 impl Step {
+    /// The steps of a reset without a keep-list, in order.
     pub const ALL: [Step; 5] = [
         Step::RecordRequest,
         Step::Prepare,
+        Step::SwapWork,
+        Step::SwapUpper,
+        Step::ClearRequest,
+    ];
+
+    /// The steps of a reset with a keep-list ([`apply_pending_keeping`]), in order.
+    pub const ALL_KEEPING: [Step; 6] = [
+        Step::RecordRequest,
+        Step::Prepare,
+        Step::CarryKept,
         Step::SwapWork,
         Step::SwapUpper,
         Step::ClearRequest,
@@ -130,6 +144,7 @@ impl Step {
         match self {
             Step::RecordRequest => "record-request",
             Step::Prepare => "prepare",
+            Step::CarryKept => "carry-kept",
             Step::SwapWork => "swap-work",
             Step::SwapUpper => "swap-upper",
             Step::ClearRequest => "clear-request",
@@ -171,6 +186,37 @@ pub fn apply_pending(
     apply_pending_with_hook(upper_root, flags, lower_dev, &mut |_| Ok(()))
 }
 
+/// [`apply_pending_with_hook`] that carries the entries the keep-list names
+/// from the old upper into the fresh one before the swap (step
+/// `carry-kept`), so the swap puts them in place atomically. An empty list
+/// carries nothing (that is `overlay-init reset --all`).
+pub fn apply_pending_keeping(
+    upper_root: &Path,
+    flags: BootFlags,
+    lower_dev: Option<u64>,
+    keep: &crate::upgrade::keep::KeepList,
+    link: crate::sys::carry::LinkMode,
+    after_step: &mut dyn FnMut(Step) -> Result<()>,
+) -> Result<ResetOutcome> {
+    let mut carry = |old: BorrowedFd<'_>, new: BorrowedFd<'_>| -> Result<()> {
+        let report = crate::sys::carry::carry(old, new, keep, link)?;
+        log::info!(
+            "reset: carried {} kept paths ({} entries: {} linked, {} copied) in {:?}, syncfs {:?}",
+            report.kept.len(),
+            report.entries,
+            report.linked,
+            report.copied,
+            report.walk_took,
+            report.sync_took
+        );
+        for m in &report.mount_points_skipped {
+            log::warn!("reset: {} is a mount point: not carried", m.display());
+        }
+        Ok(())
+    };
+    apply_inner(upper_root, flags, lower_dev, after_step, Some(&mut carry))
+}
+
 /// [`apply_pending`] with a hook called after each durable step; an error
 /// from the hook stops the reset there (fault injection for tests).
 pub fn apply_pending_with_hook(
@@ -178,6 +224,19 @@ pub fn apply_pending_with_hook(
     flags: BootFlags,
     lower_dev: Option<u64>,
     after_step: &mut dyn FnMut(Step) -> Result<()>,
+) -> Result<ResetOutcome> {
+    apply_inner(upper_root, flags, lower_dev, after_step, None)
+}
+
+/// Fills the fresh upper (second fd) from the live one (first fd).
+type Fill<'a> = &'a mut dyn FnMut(BorrowedFd<'_>, BorrowedFd<'_>) -> Result<()>;
+
+fn apply_inner(
+    upper_root: &Path,
+    flags: BootFlags,
+    lower_dev: Option<u64>,
+    after_step: &mut dyn FnMut(Step) -> Result<()>,
+    fill: Option<Fill<'_>>,
 ) -> Result<ResetOutcome> {
     if flags.failsafe {
         log::info!("reset: ovl.failsafe: the persistent upper is left untouched");
@@ -215,7 +274,7 @@ pub fn apply_pending_with_hook(
         steps: Vec::new(),
         after_step,
     };
-    let trash = reset_steps(&mut run, root.as_fd(), pending)?;
+    let trash = reset_steps(&mut run, root.as_fd(), pending, fill)?;
     let total = run.started.elapsed();
     log::info!(
         "reset: done in {total:?}; the old upper waits in {} for removal",
@@ -255,7 +314,12 @@ impl Run<'_> {
     }
 }
 
-fn reset_steps(run: &mut Run<'_>, root: BorrowedFd<'_>, pending: bool) -> Result<PathBuf> {
+fn reset_steps(
+    run: &mut Run<'_>,
+    root: BorrowedFd<'_>,
+    pending: bool,
+    fill: Option<Fill<'_>>,
+) -> Result<PathBuf> {
     let (state, _) = ensure_state_dir(root)?;
     if !pending {
         run.step(Step::RecordRequest, || {
@@ -263,6 +327,18 @@ fn reset_steps(run: &mut Run<'_>, root: BorrowedFd<'_>, pending: bool) -> Result
         })?;
     }
     let (generation, name) = run.step(Step::Prepare, || prepare_generation(state.as_fd()))?;
+    if let Some(fill) = fill {
+        run.step(Step::CarryKept, || {
+            let old = match dirfd::open_dir_at(root, UPPER) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) => return Ok(()),
+                Err(e) => return Err(e).context("open the live upper/"),
+            };
+            let new =
+                dirfd::open_dir_at(generation.as_fd(), UPPER).context("open the fresh upper/")?;
+            fill(old.as_fd(), new.as_fd())
+        })?;
+    }
     run.step(Step::SwapWork, || {
         swap(root, WORK, generation.as_fd(), WORK_ASIDE)
     })?;

@@ -318,7 +318,8 @@ mod tests {
         let (upper, work) = crate::overlay::upper_dirs(&s.upper_fs());
         assert_eq!(
             crate::overlay::overlay_options(&lowers(&[]), &upper, &work).unwrap(),
-            "lowerdir=/,upperdir=/tmp/overlay/upper,workdir=/tmp/overlay/work"
+            "lowerdir=/,upperdir=/tmp/overlay/upper,workdir=/tmp/overlay/work,\
+             index=off,metacopy=off,redirect_dir=off,xino=off"
         );
     }
 

@@ -498,7 +498,7 @@ fn classify(upper_root: &Path, old_upper: &Listing) -> State {
 /// What the disk must hold after a power cut right after `step`.
 fn expected_after(step: Step) -> State {
     match step {
-        Step::RecordRequest | Step::Prepare | Step::SwapWork => State::OldPending,
+        Step::RecordRequest | Step::Prepare | Step::CarryKept | Step::SwapWork => State::OldPending,
         Step::SwapUpper => State::Clean { pending: true },
         Step::ClearRequest => State::Clean { pending: false },
     }

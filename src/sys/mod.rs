@@ -2,6 +2,7 @@
 //! each with a SAFETY note.
 #![allow(unsafe_code)]
 pub mod blockdev;
+pub mod carry;
 pub mod console_key;
 pub mod counterfile;
 pub mod dirfd;
@@ -10,6 +11,7 @@ pub mod io;
 pub mod kmsg;
 pub mod lock;
 pub mod loopdev;
+pub mod lower_identity;
 pub mod modules;
 pub mod mount;
 pub mod pivot;
@@ -18,6 +20,7 @@ pub mod process;
 pub mod statfs;
 pub mod switch;
 pub mod uevent;
+pub mod upgrade_scan;
 pub mod upperfs;
 pub mod verity;
 pub mod wipe;
