@@ -23,6 +23,7 @@ pub mod probe;
 pub mod reset;
 pub mod router;
 pub mod state;
+pub mod status;
 pub mod switch;
 pub mod sys;
 pub mod timeline;
