@@ -28,6 +28,10 @@ NEEDED_TOOLS=(
     # The builder's tests compress real modules with these.
     "zstd:zstd"
     "xz-utils:xz"
+    # The Debian package's build and check (tests/package.rs, debian/build-deb).
+    "debhelper:dh"
+    "scdoc:scdoc"
+    "lintian:lintian"
 )
 
 log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }
