@@ -39,15 +39,21 @@ fn image() -> &'static Image {
     static IMAGE: OnceLock<Image> = OnceLock::new();
     IMAGE.get_or_init(|| {
         let started = Instant::now();
-        let stdout = run(Command::new(repo_dir().join("debian/build-deb")).arg(work_dir().join("debian")));
+        let stdout =
+            run(Command::new(repo_dir().join("debian/build-deb")).arg(work_dir().join("debian")));
         let deb = stdout.lines().last().unwrap_or_default().trim().to_string();
         let stdout = run(Command::new(repo_dir().join("qemu/build-debian-image")).arg(&deb));
         let dir = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-        assert!(dir.join("done").is_file(), "qemu/build-debian-image printed {stdout:?}");
+        assert!(
+            dir.join("done").is_file(),
+            "qemu/build-debian-image printed {stdout:?}"
+        );
         eprintln!(
             "package + Debian image ready in {:.0?} (image build, when not cached: {} s)",
             started.elapsed(),
-            std::fs::read_to_string(dir.join("build-seconds")).unwrap_or_default().trim()
+            std::fs::read_to_string(dir.join("build-seconds"))
+                .unwrap_or_default()
+                .trim()
         );
         Image { dir }
     })
@@ -86,8 +92,14 @@ fn the_kernel_hook_ran_when_the_kernel_was_installed() {
     let image = image();
     let version = std::fs::read_to_string(image.file("kernel-version")).unwrap();
     let log = std::fs::read_to_string(image.file("build.log")).unwrap();
-    let line = format!("overlay-init: building /boot/initrd.img-overlay-{}", version.trim());
-    assert!(log.contains(&line), "no {line:?} in the image's build log:\n{log}");
+    let line = format!(
+        "overlay-init: building /boot/initrd.img-overlay-{}",
+        version.trim()
+    );
+    assert!(
+        log.contains(&line),
+        "no {line:?} in the image's build log:\n{log}"
+    );
 }
 
 #[test]
@@ -103,7 +115,10 @@ fn debian_root_boots_marks_good_and_survives_failsafe() {
         &normal,
         "OVLPKG: unit=overlay-init-mark-good.service active=active result=success condition=yes is-failed=active",
     );
-    assert_marker(&normal, "boot marked good: boot-attempt counter cleared (was 1)");
+    assert_marker(
+        &normal,
+        "boot marked good: boot-attempt counter cleared (was 1)",
+    );
     let json = status_json(&normal);
     for field in [
         "\"schema_version\":1",
@@ -125,7 +140,10 @@ fn debian_root_boots_marks_good_and_survives_failsafe() {
         &failsafe,
         "OVLPKG: unit=overlay-init-mark-good.service active=active result=success condition=yes is-failed=active",
     );
-    assert_marker(&failsafe, "failsafe boot (ovl.failsafe on the kernel command line)");
+    assert_marker(
+        &failsafe,
+        "failsafe boot (ovl.failsafe on the kernel command line)",
+    );
     let failed = failsafe.values("OVLPKG: failed-units=");
     assert!(
         !failed.iter().any(|units| units.contains("overlay-init")),
