@@ -8,8 +8,8 @@
 //!   configuration (with its extra module), a failed build fails the hook and keeps the old
 //!   file, and the postrm hook removes it on `remove` only.
 //!
-//! The QEMU boot of a Debian root with the package installed is `qemu/test-debian-package`
-//! (too slow for the suite: see README.md, "Install as a Debian package").
+//! The QEMU boot of a Debian root with the package installed is `cargo test --test qemu_debian`
+//! (too slow for the suite: see README.md, "Install it into a Debian image").
 
 mod common;
 

@@ -3,7 +3,7 @@
 //!
 //! Not part of `cargo test` (Cargo.toml: `test = false`): building the root takes minutes and
 //! a systemd boot under TCG is slow. Run it with
-//! `cargo test --test qemu_debian` (or `qemu/test-debian-package`, which says so too).
+//! `OVL_QEMU_JOBS=1 cargo test --test qemu_debian` (README.md, "Install it into a Debian image").
 //!
 //! The root comes from `qemu/build-debian-image` (cached under `$OVERLAY_INIT_CACHE` by the
 //! digest of the .deb and the script): mmdebstrap, `dpkg -i` of the package, then
