@@ -66,6 +66,10 @@ NEEDED_TOOLS=(
     "exfatprogs:mkfs.exfat"
     # dm-verity test images (veritysetup format).
     "cryptsetup-bin:veritysetup"
+    # The Debian package's build and check (tests/package.rs, debian/build-deb).
+    "debhelper:dh"
+    "scdoc:scdoc"
+    "lintian:lintian"
 )
 
 log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }

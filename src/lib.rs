@@ -31,6 +31,7 @@ pub mod probe;
 pub mod reset;
 pub mod router;
 pub mod state;
+pub mod status;
 pub mod sys;
 pub mod timeline;
 pub mod uevent;

@@ -562,7 +562,7 @@ pub fn cancel(upper_root: &Path) -> Result<bool> {
 }
 
 /// What `overlay-init status` reports about resets.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Status {
     /// A reset will happen at the next boot.
     pub reset_pending: bool,

@@ -1,7 +1,7 @@
 //! The initramfs builder's core: module dependency resolution and the cpio writer.
 //!
 //! [`assemble`] is pure (bytes in, archive out); [`build`] reads the inputs from disk
-//! for the `mkinitramfs` binary.
+//! for the `overlay-init-mkinitramfs` binary.
 
 pub mod arch;
 pub mod cpio;
@@ -93,7 +93,7 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().expect("gzip into memory")
 }
 
-/// What `mkinitramfs` was asked for.
+/// What `overlay-init-mkinitramfs` was asked for.
 #[derive(Debug, Clone)]
 pub struct BuildRequest {
     pub init: PathBuf,

@@ -1,20 +1,25 @@
-//! mkinitramfs: writes a deterministic gzip-compressed newc initramfs holding the
+//! overlay-init-mkinitramfs: writes a deterministic gzip-compressed newc initramfs holding the
 //! overlay-init binary, `/dev/console`, the kernel modules it needs (with their
 //! dependencies, read from the modules themselves) and extra files.
 //!
-//! Usually run through `initramfs/build`, which builds this binary first.
+//! In the source tree, run it through `initramfs/build` (which builds it first); the
+//! Debian package installs it as `/usr/sbin/overlay-init-mkinitramfs`, next to
+//! initramfs-tools' `mkinitramfs` and dracut, and its kernel hook calls it.
+//! Manual: `man/overlay-init-mkinitramfs.8.scd`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use overlay_init::initramfs::{self, arch, BuildRequest};
 use std::path::PathBuf;
 
 const USAGE: &str = "\
-usage: mkinitramfs [--init PATH] --modules DIR [--module NAME]... [--live] [--no-default-modules]
-                   [--keep-compressed] [--file SRC:DEST]... -o OUT
+usage: overlay-init-mkinitramfs [--init PATH] --modules DIR [--module NAME]... [--live]
+                                [--no-default-modules] [--keep-compressed]
+                                [--file SRC:DEST]... -o OUT
 
-  --init PATH             the init binary, installed as /init (default: the release build,
-                          target/x86_64-unknown-linux-musl/release/overlay-init, else
-                          target/x86_64-unknown-linux-gnu/release/overlay-init)
+  --init PATH             the init binary, installed as /init (default: the first that
+                          exists of target/x86_64-unknown-linux-musl/release/overlay-init,
+                          target/x86_64-unknown-linux-gnu/release/overlay-init (a source
+                          tree) and /usr/sbin/overlay-init (the installed package))
   --modules DIR           a kernel module tree (.../lib/modules/VERSION)
   --module NAME           another module to include with its dependencies (repeatable)
   --live                  add the live-media modules: CD-ROM (sr_mod cdrom ata_piix virtio_scsi),
@@ -25,6 +30,10 @@ usage: mkinitramfs [--init PATH] --modules DIR [--module NAME]... [--live] [--no
                           CONFIG_MODULE_DECOMPRESS (5.17+); by default they are stored decompressed
   --file SRC:DEST         put the file SRC at DEST in the initramfs, keeping its mode (repeatable)
   -o, --output OUT        where to write the gzip-compressed cpio
+  -h, --help              this text
+  --version               the version
+
+Exit status: 0 written, 1 the build failed, 2 bad arguments.
 ";
 
 struct Options {
@@ -37,7 +46,30 @@ struct Options {
     output: Option<PathBuf>,
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options> {
+/// What the command line asked for.
+enum Parsed {
+    Build(Options),
+    Help,
+    Version,
+}
+
+/// A usage error: reported once, with the usage text, exit status 2.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\n\n{USAGE}", self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn usage_error(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed> {
     let mut options = Options {
         init: None,
         modules: None,
@@ -50,7 +82,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options> {
     while let Some(arg) = args.next() {
         let mut value = |name: &str| {
             args.next()
-                .with_context(|| format!("{name} needs a value\n\n{USAGE}"))
+                .ok_or_else(|| usage_error(format!("{name} needs a value")))
         };
         match arg.as_str() {
             "--init" => options.init = Some(value("--init")?.into()),
@@ -65,20 +97,19 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options> {
             "--keep-compressed" => options.keep_compressed = true,
             "--file" => options.files.push(value("--file")?),
             "-o" | "--output" => options.output = Some(value("-o")?.into()),
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument `{other}`\n\n{USAGE}"),
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--version" => return Ok(Parsed::Version),
+            other => return Err(usage_error(format!("unknown argument `{other}`"))),
         }
     }
-    Ok(options)
+    Ok(Parsed::Build(options))
 }
 
 fn default_init() -> Result<PathBuf> {
     let candidates = [
         "target/x86_64-unknown-linux-musl/release/overlay-init",
         "target/x86_64-unknown-linux-gnu/release/overlay-init",
+        "/usr/sbin/overlay-init",
     ];
     candidates
         .iter()
@@ -98,18 +129,29 @@ fn kib(bytes: u64) -> String {
 
 fn main() {
     if let Err(error) = run() {
-        eprintln!("mkinitramfs: {error:#}");
-        std::process::exit(1);
+        eprintln!("overlay-init-mkinitramfs: {error:#}");
+        let usage = error.downcast_ref::<UsageError>().is_some();
+        std::process::exit(if usage { 2 } else { 1 });
     }
 }
 
 fn run() -> Result<()> {
-    let options = parse_args(std::env::args().skip(1))?;
+    let options = match parse_args(std::env::args().skip(1))? {
+        Parsed::Build(options) => options,
+        Parsed::Help => {
+            print!("{USAGE}");
+            return Ok(());
+        }
+        Parsed::Version => {
+            println!("overlay-init-mkinitramfs {}", env!("CARGO_PKG_VERSION"));
+            return Ok(());
+        }
+    };
     let Some(module_tree) = options.modules else {
-        bail!("--modules DIR is required\n\n{USAGE}")
+        return Err(usage_error("--modules DIR is required"));
     };
     let Some(output) = options.output else {
-        bail!("-o OUT is required\n\n{USAGE}")
+        return Err(usage_error("-o OUT is required"));
     };
     let init = match options.init {
         Some(init) => init,
