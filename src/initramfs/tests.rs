@@ -20,12 +20,19 @@ fn real_tree() -> PathBuf {
             .map_err(|err| format!("cannot run {}: {err}", script.display()))?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         if !output.status.success() {
-            return Err(format!("{} failed ({}): {stdout}", script.display(), output.status));
+            return Err(format!(
+                "{} failed ({}): {stdout}",
+                script.display(),
+                output.status
+            ));
         }
         // The last line is the module tree: anything before the two paths is chatter.
         match stdout.lines().rev().find(|line| !line.trim().is_empty()) {
             Some(line) => Ok(PathBuf::from(line.trim())),
-            None => Err(format!("{} printed no module tree: {stdout}", script.display())),
+            None => Err(format!(
+                "{} printed no module tree: {stdout}",
+                script.display()
+            )),
         }
     });
     let tree = match tree {
