@@ -28,6 +28,7 @@ pub mod sys;
 pub mod timeline;
 pub mod uevent;
 pub mod upper;
+pub mod upperparams;
 
 #[cfg(test)]
 mod test_rng;
