@@ -17,6 +17,7 @@ pub mod fstype;
 pub mod initramfs;
 pub mod logger;
 pub mod lower;
+pub mod mkfs;
 pub mod modindex;
 pub mod overlay;
 pub mod probe;

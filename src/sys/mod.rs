@@ -5,6 +5,7 @@ pub mod console_key;
 pub mod io;
 pub mod kmsg;
 pub mod loopdev;
+pub mod mkfs;
 pub mod modules;
 pub mod mount;
 pub mod pivot;
