@@ -208,3 +208,102 @@ fn devices_that_are_not_blank_are_never_written() {
         }
     });
 }
+
+/// The lower's own mkfs: an initramfs built with `--binary /sbin/mkfs.ext4` and
+/// `--binary /sbin/mkfs.f2fs` is unpacked with cpio and serves as the lower; the
+/// host's mkfs is hidden, so the formatter must run the tree's own, chrooted, with
+/// /dev and /proc bound in. That it formats also shows the cpio holds every
+/// library the programs need.
+#[test]
+fn the_lowers_own_mkfs_runs_chrooted() {
+    in_private_mount_namespace("the_lowers_own_mkfs_runs_chrooted", |dir| {
+        use overlay_init::initramfs::{assemble, binary_files};
+        let files = binary_files(&["/sbin/mkfs.ext4".into(), "/sbin/mkfs.f2fs".into()]).unwrap();
+        let cpio = assemble(b"not an init".to_vec(), Vec::new(), files)
+            .unwrap()
+            .to_newc();
+        let lower = dir.join("lower");
+        fs::create_dir_all(lower.join("dev")).unwrap();
+        let mut child = Command::new("cpio")
+            .args(["-idm", "--quiet", "--no-absolute-filenames"])
+            .current_dir(&lower)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&cpio).unwrap();
+        assert!(child.wait().unwrap().success());
+        // Read-only, as a lower is.
+        let _ro_lower = Mounted::bind(&lower, &lower);
+        run(Command::new("mount")
+            .args(["-o", "remount,bind,ro"])
+            .arg(&lower));
+
+        let ext4_img = image(dir, "ext4.img", 0x00);
+        let f2fs_img = image(dir, "f2fs.img", 0xFF);
+        let ext4_dev = Loop::attach(&ext4_img, false);
+        let f2fs_dev = Loop::attach(&f2fs_img, false);
+        let blank = image(dir, "blank.img", 0x00);
+        let before = hash(&blank);
+        let blank_dev = Loop::attach(&blank, false);
+        // Hide the host's mkfs (declared last: unmounted before the loop devices
+        // are detached with the host's losetup).
+        let empty = dir.join("empty");
+        let hidden: Vec<Mounted> = ["/usr/sbin", "/usr/bin"]
+            .iter()
+            .map(|d| Mounted::bind(&empty_dir(&empty), Path::new(d)))
+            .collect();
+        assert!(!Path::new("/sbin/mkfs.ext4").exists());
+
+        for (dev, fstype) in [(&ext4_dev, FsType::Ext4), (&f2fs_dev, FsType::F2fs)] {
+            let request = FormatRequest {
+                lower_root: Some(&lower),
+                ..request(fstype, "overlay")
+            };
+            let report = format_if_blank(&dev.dev, &request).unwrap();
+            eprintln!("{report} with {}", report.tool);
+            assert_eq!(report.tool.root.as_deref(), Some(lower.as_path()));
+            match classify_device(&dev.dev).unwrap() {
+                Classification::Usable(info) => {
+                    assert_eq!(info.fstype(), Some(fstype));
+                    assert_eq!(info.label.as_deref(), Some("overlay"));
+                }
+                other => panic!("after the format: {other:?}"),
+            }
+        }
+        // The binds for the chroot are gone again.
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(
+            !mounts.contains(&format!("{}/dev ", lower.display())),
+            "{mounts}"
+        );
+        assert!(
+            !mounts.contains(&format!("{}/proc ", lower.display())),
+            "{mounts}"
+        );
+
+        // Without a mkfs anywhere: a clear error, the device untouched.
+        let no_mkfs = dir.join("no-mkfs");
+        fs::create_dir_all(&no_mkfs).unwrap();
+        let request = FormatRequest {
+            lower_root: Some(&no_mkfs),
+            ..request(FsType::Ext4, "overlay")
+        };
+        let err = format!(
+            "{:#}",
+            format_if_blank(&blank_dev.dev, &request).unwrap_err()
+        );
+        assert!(
+            err.contains("no mkfs for ext4 in the initramfs nor in the lower"),
+            "{err}"
+        );
+        drop(hidden);
+        drop(blank_dev);
+        assert_eq!(hash(&blank), before);
+    });
+}
+
+fn empty_dir(path: &Path) -> std::path::PathBuf {
+    fs::create_dir_all(path).unwrap();
+    path.to_path_buf()
+}

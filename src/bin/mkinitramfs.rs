@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 const USAGE: &str = "\
 usage: mkinitramfs [--init PATH] --modules DIR [--module NAME]... [--no-default-modules]
-                   [--keep-compressed] [--file SRC:DEST]... -o OUT
+                   [--keep-compressed] [--file SRC:DEST]... [--binary PATH]... -o OUT
 
   --init PATH             the init binary, installed as /init (default: the release build,
                           target/x86_64-unknown-linux-musl/release/overlay-init, else
@@ -21,6 +21,8 @@ usage: mkinitramfs [--init PATH] --modules DIR [--module NAME]... [--no-default-
   --keep-compressed       store .ko.xz/.ko.zst/.ko.gz modules as they are, for a kernel with
                           CONFIG_MODULE_DECOMPRESS (5.17+); by default they are stored decompressed
   --file SRC:DEST         put the file SRC at DEST in the initramfs, keeping its mode (repeatable)
+  --binary PATH           put the program PATH at PATH, with the loader and shared libraries it
+                          needs (from its ELF PT_INTERP/DT_NEEDED/RUNPATH), e.g. /sbin/mkfs.ext4
   -o, --output OUT        where to write the gzip-compressed cpio
 ";
 
@@ -31,6 +33,7 @@ struct Options {
     default_modules: bool,
     keep_compressed: bool,
     files: Vec<String>,
+    binaries: Vec<PathBuf>,
     output: Option<PathBuf>,
 }
 
@@ -42,6 +45,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options> {
         default_modules: true,
         keep_compressed: false,
         files: Vec::new(),
+        binaries: Vec::new(),
         output: None,
     };
     while let Some(arg) = args.next() {
@@ -56,6 +60,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options> {
             "--no-default-modules" => options.default_modules = false,
             "--keep-compressed" => options.keep_compressed = true,
             "--file" => options.files.push(value("--file")?),
+            "--binary" => options.binaries.push(value("--binary")?.into()),
             "-o" | "--output" => options.output = Some(value("-o")?.into()),
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -123,6 +128,7 @@ fn run() -> Result<()> {
         module_tree,
         module_names,
         files,
+        binaries: options.binaries,
         keep_compressed: options.keep_compressed,
     };
     let built = initramfs::build(&request)?;

@@ -167,6 +167,7 @@ fn build_is_byte_identical_and_holds_what_it_should() {
             tree.join("modules.builtin"),
             "/etc/builtin-list".to_string(),
         )],
+        binaries: Vec::new(),
         keep_compressed: false,
     };
     let first = build(&request).unwrap();
@@ -348,6 +349,7 @@ impl CompressedTree {
             module_tree: self.tree(),
             module_names: defaults(),
             files: Vec::new(),
+            binaries: Vec::new(),
             keep_compressed,
         }
     }
@@ -576,5 +578,55 @@ fn corrupt_or_truncated_compressed_module_is_an_error_naming_the_file() {
     assert!(
         error.contains(&overlay.display().to_string()) && error.contains("truncated"),
         "{error}"
+    );
+}
+
+/// `--binary`: every file the loader will open is in the archive, at the path
+/// it will look for it, and each only once even when two programs share libraries.
+#[test]
+fn binaries_come_with_their_loader_and_every_library() {
+    let binaries = [
+        PathBuf::from("/sbin/mkfs.ext4"),
+        PathBuf::from("/sbin/mke2fs"),
+    ];
+    let files = binary_files(&binaries).unwrap();
+    let archive = assemble(b"init".to_vec(), Vec::new(), files).unwrap();
+    let entries = cpio::parse_newc(&archive.to_newc()).unwrap();
+    let by_path: BTreeMap<String, &cpio::ParsedEntry> = entries
+        .iter()
+        .map(|e| (format!("/{}", e.path), e))
+        .collect();
+    let mkfs = by_path.get("/sbin/mkfs.ext4").expect("the program itself");
+    // The symlink's target is stored under the name asked for.
+    assert_eq!(mkfs.data, std::fs::read("/sbin/mke2fs").unwrap());
+    assert!(mkfs.mode & 0o111 != 0, "executable");
+    let deps = elf::parse(&mkfs.data).unwrap();
+    let loader = deps.interpreter.clone().unwrap();
+    assert!(by_path.contains_key(&loader), "the loader {loader}");
+    // Every DT_NEEDED of every ELF file in the archive is there, in a library dir.
+    let dirs = elf::library_dirs(&deps);
+    for entry in &entries {
+        let Ok(object) = elf::parse(&entry.data) else {
+            continue;
+        };
+        for needed in &object.needed {
+            let loader_name = Path::new(&loader).file_name().unwrap().to_string_lossy();
+            if *needed == loader_name {
+                continue;
+            }
+            assert!(
+                dirs.iter()
+                    .any(|dir| by_path.contains_key(&format!("{dir}/{needed}"))),
+                "{needed} of /{} is missing",
+                entry.path
+            );
+        }
+    }
+    let e = binary_files(&[PathBuf::from("sbin/mke2fs")]).unwrap_err();
+    assert!(format!("{e:#}").contains("absolute path"), "{e:#}");
+    let e = binary_files(&[PathBuf::from("/nonexistent/mkfs")]).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("--binary /nonexistent/mkfs: /nonexistent/mkfs not found"),
+        "{e:#}"
     );
 }
