@@ -307,3 +307,67 @@ fn empty_dir(path: &Path) -> std::path::PathBuf {
     fs::create_dir_all(path).unwrap();
     path.to_path_buf()
 }
+
+/// A mkfs that dies mid-way (here: writes junk into the first MiB, then hangs
+/// until the formatter's timeout kills it) leaves the device marked: the next
+/// attempt sees our interrupted format, never foreign data, and formats it.
+#[test]
+fn a_killed_mkfs_leaves_an_interrupted_format_that_is_redone() {
+    in_private_mount_namespace(
+        "a_killed_mkfs_leaves_an_interrupted_format_that_is_redone",
+        |dir| {
+            let lower = dir.join("lower");
+            for sub in ["bin", "sbin", "dev", "proc"] {
+                fs::create_dir_all(lower.join(sub)).unwrap();
+            }
+            let busybox = run(Command::new("sh").args(["-c", "command -v busybox"]));
+            fs::copy(&busybox, lower.join("bin/busybox")).unwrap();
+            std::os::unix::fs::symlink("busybox", lower.join("bin/sh")).unwrap();
+            let script = "#!/bin/sh\n\
+                for a; do case $a in /dev/*) dev=$a;; esac; done\n\
+                /bin/busybox dd if=/dev/urandom of=$dev bs=4096 seek=1 count=64 conv=notrunc 2>/dev/null\n\
+                /bin/busybox sync\n\
+                exec /bin/busybox sleep 600\n";
+            fs::write(lower.join("sbin/mkfs.ext4"), script).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(
+                lower.join("sbin/mkfs.ext4"),
+                fs::Permissions::from_mode(0o755),
+            )
+            .unwrap();
+
+            let img = image(dir, "killed.img", 0x00);
+            let dev = Loop::attach(&img, false);
+            let empty = empty_dir(&dir.join("empty"));
+            let hidden: Vec<Mounted> = ["/usr/sbin", "/usr/bin"]
+                .iter()
+                .map(|d| Mounted::bind(&empty, Path::new(d)))
+                .collect();
+            let hanging = FormatRequest {
+                lower_root: Some(&lower),
+                timeout: Duration::from_secs(2),
+                ..request(FsType::Ext4, "overlay")
+            };
+            let err = format!("{:#}", format_if_blank(&dev.dev, &hanging).unwrap_err());
+            assert!(
+                err.contains("did not finish in 2 s and was killed"),
+                "{err}"
+            );
+            drop(hidden);
+            // The junk is there, and so is the marker.
+            let bytes = fs::read(&img).unwrap();
+            assert!(bytes[4096..8192].iter().any(|&b| b != 0));
+            match classify_device(&dev.dev).unwrap() {
+                Classification::Interrupted(marker) => assert_eq!(marker.fstype, FsType::Ext4),
+                other => panic!("after a killed mkfs: {other:?}"),
+            }
+            // The next boot's format (the host's real mkfs) completes it.
+            let report = format_if_blank(&dev.dev, &request(FsType::Ext4, "overlay")).unwrap();
+            assert!(report.was_interrupted);
+            assert!(matches!(
+                classify_device(&dev.dev).unwrap(),
+                Classification::Usable(_)
+            ));
+        },
+    );
+}
