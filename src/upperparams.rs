@@ -103,8 +103,8 @@ pub fn parse_upper_label(value: Option<&str>) -> Result<String, String> {
 /// A flash upper, as OpenWrt names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlashSpec {
-    /// `ubiN:NAME` (a volume on UBI device N) or `ubi:NAME` (`device: None`: the
-    /// first UBI device that has a volume of that name). Holds UBIFS.
+    /// `ubiN:NAME` (a volume on UBI device N) or `ubi:NAME` (`device: None`: UBI
+    /// device 0, as the kernel's UBIFS reads it). Holds UBIFS.
     UbiVolume { device: Option<u32>, name: String },
     /// `mtd:NAME`: the MTD partition of that name. Holds JFFS2.
     Mtd { name: String },
@@ -121,6 +121,78 @@ impl fmt::Display for FlashSpec {
             FlashSpec::Mtd { name } => write!(f, "mtd:{name}"),
         }
     }
+}
+
+impl FlashSpec {
+    /// The filesystem the upper has on this kind of flash.
+    pub fn fstype(&self) -> &'static str {
+        match self {
+            FlashSpec::UbiVolume { .. } => "ubifs",
+            FlashSpec::Mtd { .. } => "jffs2",
+        }
+    }
+
+    /// What mount(2) takes as the source: the kernel's UBIFS opens `ubiN:NAME`
+    /// and `ubi:NAME` itself, and JFFS2 (through `get_tree_mtd`) `mtd:NAME`, so
+    /// neither needs a device node.
+    pub fn mount_source(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// One line of `/proc/mtd`: `mtd3: 00500000 00010000 "rootfs_data"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtdPartition {
+    /// N of /dev/mtdN, what UBI's attach ioctl takes.
+    pub index: u32,
+    pub size: u64,
+    pub erase_size: u32,
+    pub name: String,
+}
+
+/// Parse `/proc/mtd` (its header line, then one partition a line).
+pub fn parse_proc_mtd(text: &str) -> Result<Vec<MtdPartition>, String> {
+    let mut parts = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if line.starts_with("dev:") {
+            continue;
+        }
+        let bad = || format!("/proc/mtd: cannot read the line {line:?}");
+        let (dev, rest) = line.split_once(':').ok_or_else(bad)?;
+        let index = dev
+            .strip_prefix("mtd")
+            .and_then(parse_index)
+            .ok_or_else(bad)?;
+        let mut fields = rest.split_whitespace();
+        let size = fields
+            .next()
+            .and_then(|f| u64::from_str_radix(f, 16).ok())
+            .ok_or_else(bad)?;
+        let erase_size = fields
+            .next()
+            .and_then(|f| u32::from_str_radix(f, 16).ok())
+            .ok_or_else(bad)?;
+        let quoted = rest.find('"').map(|at| &rest[at..]).ok_or_else(bad)?;
+        let name = quoted
+            .strip_prefix('"')
+            .and_then(|q| q.strip_suffix('"'))
+            .ok_or_else(bad)?;
+        parts.push(MtdPartition {
+            index,
+            size,
+            erase_size,
+            name: name.to_string(),
+        });
+    }
+    Ok(parts)
+}
+
+/// The MTD device `ovl.ubiattach=` names, among `parts`.
+pub fn find_mtd<'a>(parts: &'a [MtdPartition], which: &UbiAttach) -> Option<&'a MtdPartition> {
+    parts.iter().find(|p| match which {
+        UbiAttach::Name(name) => p.name == *name,
+        UbiAttach::Number(n) => p.index == *n,
+    })
 }
 
 /// UBI volume names hold at most 127 bytes (`UBI_VOL_NAME_MAX`).
@@ -328,6 +400,64 @@ mod tests {
         // Printed back as given.
         for spec in ["ubi0:overlay", "ubi:data", "mtd:rootfs_data"] {
             assert_eq!(parse_flash_upper(spec).unwrap().unwrap().to_string(), spec);
+        }
+    }
+
+    #[test]
+    fn flash_specs_are_their_own_mount_sources() {
+        let ubi = parse_flash_upper("ubi0:rootfs_data").unwrap().unwrap();
+        assert_eq!(
+            (ubi.fstype(), ubi.mount_source().as_str()),
+            ("ubifs", "ubi0:rootfs_data")
+        );
+        let mtd = parse_flash_upper("mtd:rootfs_data").unwrap().unwrap();
+        assert_eq!(
+            (mtd.fstype(), mtd.mount_source().as_str()),
+            ("jffs2", "mtd:rootfs_data")
+        );
+    }
+
+    #[test]
+    fn proc_mtd_is_read_and_searched() {
+        let text = "dev:    size   erasesize  name\n\
+                    mtd0: 00030000 00010000 \"u-boot\"\n\
+                    mtd5: 00500000 00010000 \"rootfs data\"\n\
+                    mtd12: 04000000 00020000 \"ubi\"\n";
+        let parts = parse_proc_mtd(text).unwrap();
+        assert_eq!(
+            parts[1],
+            MtdPartition {
+                index: 5,
+                size: 0x50_0000,
+                erase_size: 0x1_0000,
+                name: "rootfs data".into()
+            }
+        );
+        assert_eq!(
+            find_mtd(&parts, &UbiAttach::Name("ubi".into()))
+                .unwrap()
+                .index,
+            12
+        );
+        assert_eq!(
+            find_mtd(&parts, &UbiAttach::Number(0)).unwrap().name,
+            "u-boot"
+        );
+        assert_eq!(find_mtd(&parts, &UbiAttach::Name("none".into())), None);
+        assert_eq!(
+            parse_proc_mtd("dev:    size   erasesize  name\n"),
+            Ok(vec![])
+        );
+        for bad in [
+            "mtdx: 1 2 \"a\"",
+            "mtd1: zz 2 \"a\"",
+            "mtd1: 1 2 a",
+            "mtd1 1 2 \"a\"",
+        ] {
+            assert!(
+                parse_proc_mtd(bad).unwrap_err().contains("/proc/mtd"),
+                "{bad}"
+            );
         }
     }
 
