@@ -6,7 +6,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::fstype::FsType;
-use crate::probe::blank::fs_size_for;
+use crate::probe::blank::{fs_size_for, BlankKind, Classification};
+use crate::upperparams::FormatPolicy;
 
 /// Where a mkfs for `fstype` may be, in the order they are tried (in the
 /// initramfs first, then in the lower).
@@ -95,6 +96,44 @@ pub fn find_mkfs(
         candidates.join(", "),
         candidates[0]
     ))
+}
+
+/// What the boot does with a persistent upper device, from its classification
+/// and `ovl.format=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormatDecision {
+    /// Mount it: it holds a filesystem that can be an upper.
+    Use,
+    /// Format it (blank, or our own format cut short), then mount it.
+    Format,
+    /// Leave it as it is and boot on tmpfs; the reason is for the warning.
+    Refuse(String),
+}
+
+pub fn decide(classification: &Classification, policy: FormatPolicy) -> FormatDecision {
+    match (classification, policy) {
+        (Classification::Usable(_), _) => FormatDecision::Use,
+        (Classification::Blank(_) | Classification::Interrupted(_), FormatPolicy::Blank) => {
+            FormatDecision::Format
+        }
+        (Classification::Blank(kind), FormatPolicy::Never) => FormatDecision::Refuse(format!(
+            "it is blank ({}) and ovl.format=never",
+            match kind {
+                BlankKind::Zeroed => "zeroed",
+                BlankKind::Erased => "erased",
+                BlankKind::DeadC0de => "deadc0de",
+            }
+        )),
+        (Classification::Interrupted(marker), FormatPolicy::Never) => {
+            FormatDecision::Refuse(format!(
+                "a {} format of it was cut short, and ovl.format=never",
+                marker.fstype
+            ))
+        }
+        (Classification::Foreign(what), _) => {
+            FormatDecision::Refuse(format!("it holds {what}, not an upper"))
+        }
+    }
 }
 
 /// The smallest device each filesystem is formatted on (with the reserved tail):
@@ -366,6 +405,39 @@ mod tests {
         assert!(e.contains("ovl.upperlabel") && e.contains("16"), "{e}");
         assert!(plan_format(tool(), FsType::Ext4, "overlay", dev, 64 << 20, 1000).is_err());
         assert!(plan_format(tool(), FsType::Erofs, "overlay", dev, 64 << 20, 512).is_err());
+    }
+
+    #[test]
+    fn decisions() {
+        use crate::probe::blank::FormatMarker;
+        let blank = Classification::Blank(BlankKind::Erased);
+        assert_eq!(decide(&blank, FormatPolicy::Blank), FormatDecision::Format);
+        assert_eq!(
+            decide(&blank, FormatPolicy::Never),
+            FormatDecision::Refuse("it is blank (erased) and ovl.format=never".into())
+        );
+        let cut = Classification::Interrupted(FormatMarker {
+            device_size: 1 << 26,
+            fs_size: 1 << 25,
+            fstype: FsType::F2fs,
+        });
+        assert_eq!(decide(&cut, FormatPolicy::Blank), FormatDecision::Format);
+        assert!(
+            matches!(decide(&cut, FormatPolicy::Never), FormatDecision::Refuse(r) if r.contains("f2fs format"))
+        );
+        let vfat = Classification::Foreign("vfat".into());
+        for policy in [FormatPolicy::Blank, FormatPolicy::Never] {
+            assert_eq!(
+                decide(&vfat, policy),
+                FormatDecision::Refuse("it holds vfat, not an upper".into())
+            );
+        }
+        let ext4 = Classification::Usable(crate::probe::superblock::FsInfo {
+            kind: crate::probe::superblock::FsKind::Supported(FsType::Ext4),
+            label: None,
+            uuid: None,
+        });
+        assert_eq!(decide(&ext4, FormatPolicy::Never), FormatDecision::Use);
     }
 
     #[test]
