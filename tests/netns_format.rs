@@ -328,13 +328,16 @@ fn a_killed_mkfs_leaves_an_interrupted_format_that_is_redone() {
                 /bin/busybox dd if=/dev/urandom of=$dev bs=4096 seek=1 count=64 conv=notrunc 2>/dev/null\n\
                 /bin/busybox sync\n\
                 exec /bin/busybox sleep 600\n";
-            fs::write(lower.join("sbin/mkfs.ext4"), script).unwrap();
+            fs::write(lower.join("bin/fake-mkfs"), script).unwrap();
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(
-                lower.join("sbin/mkfs.ext4"),
+                lower.join("bin/fake-mkfs"),
                 fs::Permissions::from_mode(0o755),
             )
             .unwrap();
+            // An absolute symlink, as lowers have them: it must resolve inside the
+            // lower (the host has no /bin/fake-mkfs).
+            std::os::unix::fs::symlink("/bin/fake-mkfs", lower.join("sbin/mkfs.ext4")).unwrap();
 
             let img = image(dir, "killed.img", 0x00);
             let dev = Loop::attach(&img, false);

@@ -136,8 +136,15 @@ pub fn format_if_blank(device: &Path, request: &FormatRequest<'_>) -> Result<For
             device.display()
         ),
     };
-    let tool =
-        find_mkfs(request.fstype, request.lower_root, is_executable).map_err(anyhow::Error::msg)?;
+    let tool = find_mkfs(request.fstype, request.lower_root, |path| {
+        match request.lower_root {
+            Some(root) if path.starts_with(root) => {
+                is_executable_in_root(root, path.strip_prefix(root).unwrap_or(path))
+            }
+            _ => is_executable(path),
+        }
+    })
+    .map_err(anyhow::Error::msg)?;
     let plan = plan_format(
         tool,
         request.fstype,
@@ -187,6 +194,30 @@ pub fn format_if_blank(device: &Path, request: &FormatRequest<'_>) -> Result<For
 
 fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Whether `path` names an executable file inside `root` as a process chrooted
+/// there sees it: symlinks (`/sbin -> usr/sbin`, `mkfs.ext4 -> /usr/sbin/mke2fs`)
+/// resolve inside `root`, never into ours (`openat2` with `RESOLVE_IN_ROOT`).
+fn is_executable_in_root(root: &Path, path: &Path) -> bool {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    let Ok(root_fd) = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+    else {
+        return false;
+    };
+    let Ok(fd) = openat2(
+        &root_fd,
+        path,
+        OFlags::PATH,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT,
+    ) else {
+        return false;
+    };
+    rustix::fs::fstat(&fd).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+            && st.st_mode & 0o111 != 0
+    })
 }
 
 /// Write one sector at the marker's place and sync it. Opened `O_EXCL`: the
