@@ -184,6 +184,25 @@ fn devices_that_are_not_blank_are_never_written() {
         fs::write(&random, bytes).unwrap();
         let vfat = image(dir, "vfat.img", 0x00);
         run(Command::new("mkfs.vfat").arg(&vfat));
+        // A LUKS2 container over zeroes (cryptsetup writes only its headers).
+        let luks = image(dir, "luks.img", 0x00);
+        let mut format = Command::new("cryptsetup")
+            .args([
+                "luksFormat",
+                "--batch-mode",
+                "--type",
+                "luks2",
+                "--pbkdf",
+                "pbkdf2",
+            ])
+            .args(["--pbkdf-force-iterations", "1000", "--key-file", "-"])
+            .arg(&luks)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("cryptsetup (cryptsetup-bin)");
+        use std::io::Write;
+        format.stdin.take().unwrap().write_all(b"x").unwrap();
+        assert!(format.wait().unwrap().success());
         // Zeroes except one byte in the middle of the first MiB.
         let almost = image(dir, "almost.img", 0x00);
         let mut bytes = fs::read(&almost).unwrap();
@@ -193,6 +212,7 @@ fn devices_that_are_not_blank_are_never_written() {
         for (img, expect) in [
             (&random, "neither zeroed nor erased"),
             (&vfat, "holds vfat"),
+            (&luks, "holds crypto_LUKS"),
             (&almost, "first MiB that is neither zeroed nor erased"),
         ] {
             let before = hash(img);
