@@ -55,6 +55,14 @@ NEEDED_TOOLS=(
     "gdisk:sgdisk"
     "fdisk:sfdisk"
     "cpio:cpio"
+    # First-boot formats and flash uppers (issue 14): f2fs, UBI/UBIFS and JFFS2 images, and
+    # vfat and LUKS disks that must never be formatted.
+    "f2fs-tools:mkfs.f2fs"
+    "mtd-utils:ubinize"
+    "mtd-utils:mkfs.ubifs"
+    "mtd-utils:mkfs.jffs2"
+    "dosfstools:mkfs.vfat"
+    "cryptsetup-bin:cryptsetup"
     # The builder's tests compress real modules with these.
     "zstd:zstd"
     "xz-utils:xz"

@@ -7,6 +7,8 @@ pub enum FsType {
     Squashfs,
     Erofs,
     Ext4,
+    /// Flash-friendly filesystem: an upper on eMMC/SD/USB flash (OpenWrt's choice above 100 MiB).
+    F2fs,
 }
 
 impl FsType {
@@ -16,6 +18,7 @@ impl FsType {
             FsType::Squashfs => "squashfs",
             FsType::Erofs => "erofs",
             FsType::Ext4 => "ext4",
+            FsType::F2fs => "f2fs",
         }
     }
 
@@ -26,13 +29,14 @@ impl FsType {
             "erofs" => Some(FsType::Erofs),
             // ext2/ext3 filesystems are mounted by the ext4 driver.
             "ext4" | "ext3" | "ext2" => Some(FsType::Ext4),
+            "f2fs" => Some(FsType::F2fs),
             _ => None,
         }
     }
 
     /// Whether the filesystem can hold an overlay upper (needs xattrs, writable).
     pub fn can_be_upper(self) -> bool {
-        matches!(self, FsType::Ext4)
+        matches!(self, FsType::Ext4 | FsType::F2fs)
     }
 }
 

@@ -24,6 +24,7 @@ pub mod layout;
 pub mod live;
 pub mod logger;
 pub mod lower;
+pub mod mkfs;
 pub mod modindex;
 pub mod mountinfo;
 pub mod overlay;
@@ -36,6 +37,7 @@ pub mod sys;
 pub mod timeline;
 pub mod uevent;
 pub mod upgrade;
+pub mod upperparams;
 pub mod verity;
 
 #[cfg(test)]

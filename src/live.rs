@@ -84,7 +84,7 @@ pub fn image_host(dev: &str, kind: &FsKind) -> Result<HostMount, String> {
         FsKind::Other("exfat") => EXFAT,
         FsKind::Other("btrfs") => plain("btrfs", &["btrfs"]),
         FsKind::Other("xfs") => plain("xfs", &["xfs"]),
-        FsKind::Other("f2fs") => plain("f2fs", &["f2fs"]),
+        FsKind::Supported(FsType::F2fs) => plain("f2fs", &["f2fs"]),
         FsKind::Other(other) => {
             return Err(format!(
                 "{dev} holds {other}, which cannot hold an image file (accepted: {IMAGE_HOSTS})"

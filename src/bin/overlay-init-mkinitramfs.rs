@@ -14,7 +14,7 @@ use std::path::PathBuf;
 const USAGE: &str = "\
 usage: overlay-init-mkinitramfs [--init PATH] --modules DIR [--module NAME]... [--live]
                                 [--no-default-modules] [--keep-compressed]
-                                [--file SRC:DEST]... -o OUT
+                                [--file SRC:DEST]... [--binary PATH]... -o OUT
 
   --init PATH             the init binary, installed as /init (default: the first that
                           exists of target/x86_64-unknown-linux-musl/release/overlay-init,
@@ -29,6 +29,8 @@ usage: overlay-init-mkinitramfs [--init PATH] --modules DIR [--module NAME]... [
   --keep-compressed       store .ko.xz/.ko.zst/.ko.gz modules as they are, for a kernel with
                           CONFIG_MODULE_DECOMPRESS (5.17+); by default they are stored decompressed
   --file SRC:DEST         put the file SRC at DEST in the initramfs, keeping its mode (repeatable)
+  --binary PATH           put the program PATH at PATH, with the loader and shared libraries it
+                          needs (from its ELF PT_INTERP/DT_NEEDED/RUNPATH), e.g. /sbin/mkfs.ext4
   -o, --output OUT        where to write the gzip-compressed cpio
   -h, --help              this text
   --version               the version
@@ -43,6 +45,7 @@ struct Options {
     default_modules: bool,
     keep_compressed: bool,
     files: Vec<String>,
+    binaries: Vec<PathBuf>,
     output: Option<PathBuf>,
 }
 
@@ -77,6 +80,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed> {
         default_modules: true,
         keep_compressed: false,
         files: Vec::new(),
+        binaries: Vec::new(),
         output: None,
     };
     while let Some(arg) = args.next() {
@@ -96,6 +100,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed> {
             "--no-default-modules" => options.default_modules = false,
             "--keep-compressed" => options.keep_compressed = true,
             "--file" => options.files.push(value("--file")?),
+            "--binary" => options.binaries.push(value("--binary")?.into()),
             "-o" | "--output" => options.output = Some(value("-o")?.into()),
             "-h" | "--help" => return Ok(Parsed::Help),
             "--version" => return Ok(Parsed::Version),
@@ -181,6 +186,7 @@ fn run() -> Result<()> {
         module_tree,
         module_names,
         files,
+        binaries: options.binaries,
         keep_compressed: options.keep_compressed,
     };
     let built = initramfs::build(&request)?;

@@ -6,6 +6,7 @@
 pub mod arch;
 pub mod cpio;
 pub mod decompress;
+pub mod elf;
 pub mod modinfo;
 pub mod presets;
 pub mod resolve;
@@ -102,6 +103,9 @@ pub struct BuildRequest {
     pub module_names: Vec<String>,
     /// `(source, destination)` pairs.
     pub files: Vec<(PathBuf, String)>,
+    /// Dynamically linked programs to add at the same path, with their loader and
+    /// shared libraries (`--binary`).
+    pub binaries: Vec<PathBuf>,
     /// Store `.ko.xz`/`.ko.zst`/`.ko.gz` as they are, for a kernel that decompresses
     /// modules itself; by default they are stored decompressed, as `.ko`.
     pub keep_compressed: bool,
@@ -132,6 +136,42 @@ pub fn parse_file_spec(spec: &str) -> Result<(PathBuf, String)> {
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
+}
+
+/// Each program of `binaries` (absolute paths on this host) with the loader and
+/// shared libraries it needs, read from its ELF headers ([`elf::resolve`]); each
+/// file once, at the path the loader will look for it, with its mode. Symlinks
+/// are followed: `/sbin/mkfs.ext4 -> mke2fs` is stored as a file named mkfs.ext4.
+pub fn binary_files(binaries: &[PathBuf]) -> Result<Vec<ExtraFile>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut seen = BTreeSet::new();
+    let mut files = Vec::new();
+    for binary in binaries {
+        if !binary.is_absolute() {
+            bail!(
+                "--binary {}: give the absolute path the program has on this host (it keeps it in the initramfs)",
+                binary.display()
+            );
+        }
+        let needed = elf::resolve(binary, |path| std::fs::read(path).ok())
+            .with_context(|| format!("--binary {}", binary.display()))?;
+        for file in needed {
+            let dest = file.path.to_string_lossy().into_owned();
+            if !seen.insert(dest.clone()) {
+                continue;
+            }
+            let mode = std::fs::metadata(&file.path)
+                .with_context(|| format!("stat {} ({})", file.path.display(), file.why))?
+                .permissions()
+                .mode();
+            files.push(ExtraFile {
+                dest,
+                data: file.data,
+                permissions: mode & 0o7777,
+            });
+        }
+    }
+    Ok(files)
 }
 
 /// Reads everything from disk, resolves modules, assembles and compresses.
@@ -202,6 +242,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildOutput> {
             permissions: metadata.permissions().mode() & 0o7777,
         });
     }
+    files.extend(binary_files(&request.binaries)?);
     let mut warnings = Vec::new();
     if !kept_compressed.is_empty() {
         warnings.extend(kernel_support_warnings(

@@ -237,6 +237,7 @@ fn build_is_byte_identical_and_holds_what_it_should() {
             tree.join("modules.builtin"),
             "/etc/builtin-list".to_string(),
         )],
+        binaries: Vec::new(),
         keep_compressed: false,
     };
     let first = build(&request).unwrap();
@@ -418,6 +419,7 @@ impl CompressedTree {
             module_tree: self.tree(),
             module_names: defaults(),
             files: Vec::new(),
+            binaries: Vec::new(),
             keep_compressed,
         }
     }
@@ -673,6 +675,7 @@ fn arm64_tree_builds_with_an_arm64_init_and_is_refused_with_an_x86_64_one() {
         module_tree: tree.clone(),
         module_names: defaults(),
         files: Vec::new(),
+        binaries: Vec::new(),
         keep_compressed: false,
     };
     let arm64_init = elf_header_file(&dir, "init-aarch64", arch::EM_AARCH64);
@@ -750,4 +753,53 @@ fn the_live_preset_resolves_in_the_real_tree() {
         position(name);
     }
     assert!(resolution.warnings.is_empty(), "{:?}", resolution.warnings);
+}
+/// `--binary`: every file the loader will open is in the archive, at the path
+/// it will look for it, and each only once even when two programs share libraries.
+#[test]
+fn binaries_come_with_their_loader_and_every_library() {
+    let binaries = [
+        PathBuf::from("/sbin/mkfs.ext4"),
+        PathBuf::from("/sbin/mke2fs"),
+    ];
+    let files = binary_files(&binaries).unwrap();
+    let archive = assemble(b"init".to_vec(), Vec::new(), files).unwrap();
+    let entries = cpio::parse_newc(&archive.to_newc()).unwrap();
+    let by_path: BTreeMap<String, &cpio::ParsedEntry> = entries
+        .iter()
+        .map(|e| (format!("/{}", e.path), e))
+        .collect();
+    let mkfs = by_path.get("/sbin/mkfs.ext4").expect("the program itself");
+    // The symlink's target is stored under the name asked for.
+    assert_eq!(mkfs.data, std::fs::read("/sbin/mke2fs").unwrap());
+    assert!(mkfs.mode & 0o111 != 0, "executable");
+    let deps = elf::parse(&mkfs.data).unwrap();
+    let loader = deps.interpreter.clone().unwrap();
+    assert!(by_path.contains_key(&loader), "the loader {loader}");
+    // Every DT_NEEDED of every ELF file in the archive is there, in a library dir.
+    let dirs = elf::library_dirs(&deps);
+    for entry in &entries {
+        let Ok(object) = elf::parse(&entry.data) else {
+            continue;
+        };
+        for needed in &object.needed {
+            let loader_name = Path::new(&loader).file_name().unwrap().to_string_lossy();
+            if *needed == loader_name {
+                continue;
+            }
+            assert!(
+                dirs.iter()
+                    .any(|dir| by_path.contains_key(&format!("{dir}/{needed}"))),
+                "{needed} of /{} is missing",
+                entry.path
+            );
+        }
+    }
+    let e = binary_files(&[PathBuf::from("sbin/mke2fs")]).unwrap_err();
+    assert!(format!("{e:#}").contains("absolute path"), "{e:#}");
+    let e = binary_files(&[PathBuf::from("/nonexistent/mkfs")]).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("--binary /nonexistent/mkfs: /nonexistent/mkfs not found"),
+        "{e:#}"
+    );
 }

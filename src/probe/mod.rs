@@ -4,6 +4,7 @@
 //! [`partition::TABLE_BYTES`]) and hand them here; nothing in this module does I/O.
 //! Every reader is total: any input gives `Ok` or a [`ProbeError`], never a panic.
 
+pub mod blank;
 pub mod crc;
 pub mod partition;
 pub mod source;

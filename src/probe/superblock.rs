@@ -5,7 +5,9 @@
 //! rather than guessed at; a few other filesystems are only recognised by their
 //! magic so that a wrong `root=` gets a clear message.
 
-use super::bytes::{array, be16, be32, le16, le32, le64, nul_padded_label, raw_uuid, slice, u8_at};
+use super::bytes::{
+    array, be16, be32, le16, le32, le64, nul_padded_label, raw_uuid, slice, u8_at, utf16le_name,
+};
 use super::crc::{crc32_raw, crc32c_raw};
 use super::source::{ByteSource, SliceSource};
 pub use super::ProbeError;
@@ -20,7 +22,8 @@ pub const PROBE_BYTES: usize = 68 * 1024;
 pub enum FsKind {
     Supported(FsType),
     /// recognised but not mountable as a lower or upper, e.g. "vfat", "exfat",
-    /// "iso9660", "btrfs", "xfs", "swap", "f2fs", "jffs2"
+    /// "iso9660", "btrfs", "xfs", "swap", "jffs2", and containers: "crypto_LUKS",
+    /// "linux_raid_member"
     Other(&'static str),
 }
 
@@ -79,15 +82,19 @@ enum Probe {
 }
 
 /// Readers in the order they are tried: the ones we mount first.
+/// Containers (LUKS, RAID) come before filesystems: their header hides whatever
+/// stale superblock may lie inside.
 const PROBES: &[Probe] = &[
+    Probe::Head(luks),
+    Probe::Head(md_raid_head),
     Probe::Head(squashfs),
     Probe::Head(erofs),
     Probe::Head(ext),
+    Probe::Head(f2fs),
     Probe::Source(super::fat::probe_vfat),
     Probe::Source(super::fat::probe_exfat),
     Probe::Head(xfs),
     Probe::Head(btrfs),
-    Probe::Head(f2fs),
     Probe::Source(super::iso9660::probe),
     Probe::Head(jffs2),
     Probe::Head(swap),
@@ -335,8 +342,98 @@ fn btrfs(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
     Ok((slice(buf, 0x10040, 8) == Some(b"_BHRfS_M")).then(|| FsInfo::other("btrfs")))
 }
 
+// ---- f2fs -----------------------------------------------------------------
+
+const F2FS_SUPER_OFFSET: usize = 1024;
+const F2FS_MAGIC: u32 = 0xF2F5_2010;
+/// Up to the end of the volume name (124 + 512 UTF-16 units).
+const F2FS_SUPERBLOCK_LEN: usize = 124 + 1024;
+
+/// f2fs: magic, then the geometry the kernel insists on (4 KiB blocks, sectors
+/// of 512 B to 4 KiB that add up to a block); label (UTF-16LE) and UUID as blkid.
 fn f2fs(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
-    Ok((le32(buf, 1024) == Some(0xF2F5_2010)).then(|| FsInfo::other("f2fs")))
+    if le32(buf, F2FS_SUPER_OFFSET) != Some(F2FS_MAGIC) {
+        return Ok(None);
+    }
+    let sb = slice(buf, F2FS_SUPER_OFFSET, F2FS_SUPERBLOCK_LEN).ok_or_else(|| truncated("f2fs"))?;
+    let field32 = |off| le32(sb, off).unwrap_or(0);
+    let (log_sectorsize, log_sectors_per_block, log_blocksize) =
+        (field32(8), field32(12), field32(16));
+    if log_blocksize != 12 {
+        return Err(ProbeError::new(format!(
+            "f2fs block size 2^{log_blocksize} invalid (need 4096)"
+        )));
+    }
+    if !(9..=12).contains(&log_sectorsize) || log_sectorsize + log_sectors_per_block != 12 {
+        return Err(ProbeError::new(format!(
+            "f2fs sector size 2^{log_sectorsize} x 2^{log_sectors_per_block} does not make a 4096-byte block"
+        )));
+    }
+    Ok(Some(FsInfo {
+        kind: FsKind::Supported(FsType::F2fs),
+        label: utf16le_name(&sb[124..]),
+        uuid: array(sb, 108).and_then(raw_uuid),
+    }))
+}
+
+// ---- containers: LUKS, Linux RAID -----------------------------------------
+
+/// LUKS1 and LUKS2 both start with this (LUKS2 keeps a second copy further on).
+const LUKS_MAGIC: &[u8; 6] = b"LUKS\xba\xbe";
+
+/// A LUKS header: the device holds encrypted data, never ours to format.
+fn luks(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
+    if slice(buf, 0, 6) != Some(LUKS_MAGIC) {
+        return Ok(None);
+    }
+    // The UUID is stored as text (40 bytes at 168, in both versions).
+    let uuid = slice(buf, 168, 40).and_then(nul_padded_label);
+    Ok(Some(FsInfo {
+        kind: FsKind::Other("crypto_LUKS"),
+        label: None,
+        uuid,
+    }))
+}
+
+/// Magic of every Linux md RAID superblock (0.90 in host order, 1.x little-endian).
+pub(crate) const MD_MAGIC: u32 = 0xA92B_4EFC;
+
+/// md RAID 1.1 (superblock at 0) and 1.2 (at 4 KiB): `major_version` is 1.
+/// Versions 0.90 and 1.0 live at the end of the device: see [`detect_tail`].
+fn md_raid_head(buf: &[u8]) -> Result<Option<FsInfo>, ProbeError> {
+    for offset in [0, 4096] {
+        if le32(buf, offset) == Some(MD_MAGIC) && le32(buf, offset + 4) == Some(1) {
+            return Ok(Some(FsInfo::other("linux_raid_member")));
+        }
+    }
+    Ok(None)
+}
+
+/// Signatures kept at the end of a device: md RAID 0.90 (64 KiB-aligned, the last
+/// 64 KiB) and 1.0 (8 KiB from the end, 4 KiB-aligned). `tail` is the device's last
+/// bytes (at least 128 KiB to see 0.90), `device_size` its size in bytes.
+pub fn detect_tail(tail: &[u8], device_size: u64) -> Option<&'static str> {
+    let tail_start = device_size.checked_sub(tail.len() as u64)?;
+    let at = |absolute: u64| -> Option<usize> {
+        usize::try_from(absolute.checked_sub(tail_start)?).ok()
+    };
+    let md090 = (device_size & !0xFFFF).checked_sub(0x10000);
+    let md10 = device_size.checked_sub(8192).map(|o| o & !0xFFF);
+    for (offset, versions) in [(md090, [0u32, 0]), (md10, [1, 1])] {
+        let Some(offset) = offset.and_then(at) else {
+            continue;
+        };
+        let magic_le = le32(tail, offset);
+        let magic_be = be32(tail, offset);
+        if magic_le == Some(MD_MAGIC) && le32(tail, offset + 4) == Some(versions[0]) {
+            return Some("linux_raid_member");
+        }
+        // 0.90 superblocks are written in the host's byte order.
+        if versions[0] == 0 && magic_be == Some(MD_MAGIC) && be32(tail, offset + 4) == Some(0) {
+            return Some("linux_raid_member");
+        }
+    }
+    None
 }
 
 /// JFFS2 has only a 16-bit magic, so the first node header's CRC must match too.
@@ -382,7 +479,9 @@ mod tests {
     const EXT4: &[u8] = include_bytes!("../../tests/fixtures/probe/ext4.img");
     const EXT2: &[u8] = include_bytes!("../../tests/fixtures/probe/ext2.img");
     const SWAP: &[u8] = include_bytes!("../../tests/fixtures/probe/swap.img");
-    const ALL: &[&[u8]] = &[SQUASHFS, EROFS, EROFS_LABEL, EXT4, EXT2, SWAP];
+    /// `mkfs.f2fs -l f2fs-upper -U 5b1c3d2e-...` (f2fs-tools 1.15), first 4 KiB.
+    const F2FS: &[u8] = include_bytes!("../../tests/fixtures/probe/f2fs.img");
+    const ALL: &[&[u8]] = &[SQUASHFS, EROFS, EROFS_LABEL, EXT4, EXT2, SWAP, F2FS];
 
     fn info(kind: FsKind, label: Option<&str>, uuid: Option<&str>) -> FsInfo {
         FsInfo {
@@ -493,13 +592,88 @@ mod tests {
         assert_eq!(detect(&btrfs[..0x10040 + 7]), Ok(None));
 
         let f2fs = patched(&zeros, 1024, &0xF2F5_2010u32.to_le_bytes());
-        assert_eq!(detected(&f2fs), FsInfo::other("f2fs"));
+        assert!(error(&f2fs).contains("f2fs block size"));
 
         let iso = patched(&zeros, 32768, b"\x01CD001\x01");
         assert_eq!(detected(&iso), FsInfo::other("iso9660"));
 
         let swap64k = patched(&zeros, 65536 - 10, b"SWAPSPACE2");
         assert_eq!(detected(&swap64k), FsInfo::other("swap"));
+    }
+
+    #[test]
+    fn f2fs_from_mkfs_f2fs_with_label_and_uuid() {
+        let found = detected(F2FS);
+        assert_eq!(
+            found,
+            info(
+                FsKind::Supported(FsType::F2fs),
+                Some("f2fs-upper"),
+                Some("5b1c3d2e-8f4a-4c6b-9d0e-1a2b3c4d5e6f")
+            )
+        );
+        assert!(found.fstype().unwrap().can_be_upper());
+        assert!(error(&patched(F2FS, 1024 + 16, &[13])).contains("block size 2^13"));
+        assert!(error(&patched(F2FS, 1024 + 8, &[10])).contains("sector size"));
+        assert_eq!(error(&F2FS[..2000]), "f2fs superblock truncated");
+    }
+
+    #[test]
+    fn luks_headers_are_containers_with_their_uuid() {
+        for version in [1u8, 2] {
+            let mut header = vec![0u8; 4096];
+            header[..6].copy_from_slice(b"LUKS\xba\xbe");
+            header[7] = version;
+            header[168..204].copy_from_slice(b"6f1a0c55-2a3b-4c4d-8e5f-60718293a4b5");
+            let found = detected(&header);
+            assert_eq!(found.kind, FsKind::Other("crypto_LUKS"));
+            assert_eq!(
+                found.uuid.as_deref(),
+                Some("6f1a0c55-2a3b-4c4d-8e5f-60718293a4b5")
+            );
+        }
+        // The LUKS header wins over a stale ext4 superblock left inside it.
+        let mut luks_over_ext4 = EXT4.to_vec();
+        luks_over_ext4[..6].copy_from_slice(b"LUKS\xba\xbe");
+        assert_eq!(detected(&luks_over_ext4).kind, FsKind::Other("crypto_LUKS"));
+    }
+
+    #[test]
+    fn md_raid_superblocks_at_the_start_and_at_the_end() {
+        let zeros = vec![0u8; PROBE_BYTES];
+        for offset in [0usize, 4096] {
+            let mut md = patched(&zeros, offset, &MD_MAGIC.to_le_bytes());
+            md[offset + 4] = 1;
+            assert_eq!(detected(&md), FsInfo::other("linux_raid_member"));
+            // The magic without major_version 1 is not a 1.x superblock.
+            md[offset + 4] = 7;
+            assert_eq!(detect(&md), Ok(None));
+        }
+        // 0.90 and 1.0 live at the end: seen in the tail of a 10 MiB + 3 KiB device.
+        let size: u64 = 10 * 1024 * 1024 + 3072;
+        let tail_len = 1024 * 1024;
+        let tail_start = size - tail_len as u64;
+        let md090 = ((size & !0xFFFF) - 0x10000 - tail_start) as usize;
+        let md10 = (((size - 8192) & !0xFFF) - tail_start) as usize;
+        let blank = vec![0u8; tail_len];
+        assert_eq!(detect_tail(&blank, size), None);
+        for (le, offset, version) in [(true, md090, 0u32), (false, md090, 0), (true, md10, 1)] {
+            let mut tail = blank.clone();
+            let (magic, v) = if le {
+                (MD_MAGIC.to_le_bytes(), version.to_le_bytes())
+            } else {
+                (MD_MAGIC.to_be_bytes(), version.to_be_bytes())
+            };
+            tail[offset..offset + 4].copy_from_slice(&magic);
+            tail[offset + 4..offset + 8].copy_from_slice(&v);
+            assert_eq!(detect_tail(&tail, size), Some("linux_raid_member"));
+            // One sector off, it is not where md would look.
+            let mut shifted = blank.clone();
+            shifted[offset + 512..offset + 516].copy_from_slice(&magic);
+            assert_eq!(detect_tail(&shifted, size), None);
+        }
+        // A tail shorter than the device still works; a tail longer than it is no answer.
+        assert_eq!(detect_tail(&blank, 100), None);
     }
 
     #[test]

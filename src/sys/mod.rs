@@ -12,6 +12,7 @@ pub mod kmsg;
 pub mod lock;
 pub mod loopdev;
 pub mod lower_identity;
+pub mod mkfs;
 pub mod modules;
 pub mod mount;
 pub mod pivot;

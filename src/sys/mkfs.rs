@@ -1,0 +1,374 @@
+//! First-boot format: classify the device, keep the format marker in its last
+//! sector while mkfs runs, check the result, clear the marker. A device that is
+//! not blank (nor our own interrupted format) is never opened for writing.
+//! See `probe::blank` for why the marker makes a power cut harmless.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::fstype::FsType;
+use crate::mkfs::{find_mkfs, human_size, plan_format, FormatPlan, MkfsTool};
+use crate::probe::blank::{
+    classify, edge_ranges, marker_offset, Classification, Edges, FormatMarker, MARKER_BYTES,
+};
+use crate::probe::superblock::detect;
+
+/// What [`classify_device`] read, kept for the formatter.
+#[derive(Debug, Clone)]
+pub struct DeviceView {
+    pub size: u64,
+    pub sector_size: u32,
+    pub head: Vec<u8>,
+    pub tail: Vec<u8>,
+}
+
+impl DeviceView {
+    pub fn classify(&self) -> Classification {
+        classify(Edges {
+            head: &self.head,
+            tail: &self.tail,
+            size: self.size,
+            sector_size: self.sector_size,
+        })
+    }
+}
+
+/// Read the first and last MiB of `device` (a block device or, in tests, an
+/// image file), read-only.
+pub fn read_device(device: &Path) -> Result<DeviceView> {
+    let mut file =
+        File::open(device).with_context(|| format!("open {} to probe it", device.display()))?;
+    let size = file
+        .seek(SeekFrom::End(0))
+        .with_context(|| format!("size of {}", device.display()))?;
+    let sector_size = if file.metadata()?.file_type().is_file() {
+        512
+    } else {
+        rustix::fs::ioctl_blksszget(&file)
+            .with_context(|| format!("BLKSSZGET on {}", device.display()))?
+    };
+    let (head_len, tail_offset, tail_len) = edge_ranges(size);
+    let mut head = vec![0u8; head_len];
+    file.read_exact_at(&mut head, 0)
+        .with_context(|| format!("read the first {head_len} bytes of {}", device.display()))?;
+    let mut tail = vec![0u8; tail_len];
+    file.read_exact_at(&mut tail, tail_offset)
+        .with_context(|| format!("read the last {tail_len} bytes of {}", device.display()))?;
+    Ok(DeviceView {
+        size,
+        sector_size,
+        head,
+        tail,
+    })
+}
+
+/// Classify `device` (see `probe::blank::classify`).
+pub fn classify_device(device: &Path) -> Result<Classification> {
+    Ok(read_device(device)?.classify())
+}
+
+/// A finished format, printed as the boot log line.
+#[derive(Debug, Clone)]
+pub struct FormatReport {
+    pub device: PathBuf,
+    pub fstype: FsType,
+    pub label: String,
+    pub device_size: u64,
+    pub tool: MkfsTool,
+    pub elapsed: Duration,
+    /// The device was our own format cut short, not a blank device.
+    pub was_interrupted: bool,
+}
+
+impl std::fmt::Display for FormatReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "formatted {} ({}, label {}, {}) in {} ms",
+            self.device.display(),
+            self.fstype,
+            self.label,
+            human_size(self.device_size),
+            self.elapsed.as_millis()
+        )?;
+        if self.was_interrupted {
+            f.write_str(" (an earlier format of it had been cut short)")?;
+        }
+        Ok(())
+    }
+}
+
+/// What the formatter needs besides the device.
+#[derive(Debug, Clone)]
+pub struct FormatRequest<'a> {
+    pub fstype: FsType,
+    pub label: &'a str,
+    /// The lower's root, where its own mkfs may be (`/rom`-like); mounted.
+    pub lower_root: Option<&'a Path>,
+    /// mkfs is killed after this long (PID 1 never waits forever on an upper).
+    pub timeout: Duration,
+}
+
+/// Format `device` if, and only if, it is blank or our own interrupted format.
+/// On any error the device is left blank, or marked (the next boot formats it
+/// again), never half-used.
+pub fn format_if_blank(device: &Path, request: &FormatRequest<'_>) -> Result<FormatReport> {
+    let started = Instant::now();
+    let view = read_device(device)?;
+    let was_interrupted = match view.classify() {
+        Classification::Blank(_) => false,
+        Classification::Interrupted(_) => true,
+        Classification::Usable(info) => bail!(
+            "{} already holds {} (label {}): not formatting it",
+            device.display(),
+            info.fstype().map_or("a filesystem", FsType::kernel_name),
+            info.label.as_deref().unwrap_or("none")
+        ),
+        Classification::Foreign(what) => bail!(
+            "{} holds {what}: it is not blank, so it is not formatted",
+            device.display()
+        ),
+    };
+    let tool = find_mkfs(request.fstype, request.lower_root, |path| {
+        match request.lower_root {
+            Some(root) if path.starts_with(root) => {
+                is_executable_in_root(root, path.strip_prefix(root).unwrap_or(path))
+            }
+            _ => is_executable(path),
+        }
+    })
+    .map_err(anyhow::Error::msg)?;
+    let plan = plan_format(
+        tool,
+        request.fstype,
+        request.label,
+        device,
+        view.size,
+        view.sector_size,
+    )
+    .map_err(anyhow::Error::msg)?;
+
+    let marker = FormatMarker {
+        device_size: plan.device_size,
+        fs_size: plan.fs_size,
+        fstype: plan.fstype,
+    };
+    write_marker_sector(device, view.size, &marker.encode())
+        .with_context(|| format!("mark {} as being formatted", device.display()))?;
+    run_mkfs(&plan, request.timeout)?;
+
+    // Check what mkfs left before committing.
+    sync_device(device)?;
+    let after = read_device(device)?;
+    match detect(&after.head) {
+        Ok(Some(info))
+            if info.fstype() == Some(plan.fstype)
+                && info.label.as_deref() == Some(plan.label.as_str()) => {}
+        other => bail!(
+            "mkfs of {} exited 0 but the device does not read as {} labelled {} ({other:?}); \
+             it stays marked and is formatted again on the next boot",
+            device.display(),
+            plan.fstype,
+            plan.label
+        ),
+    }
+    write_marker_sector(device, view.size, &[0u8; MARKER_BYTES])
+        .with_context(|| format!("clear the format marker of {}", device.display()))?;
+    Ok(FormatReport {
+        device: device.to_path_buf(),
+        fstype: plan.fstype,
+        label: plan.label,
+        device_size: plan.device_size,
+        tool: plan.tool,
+        elapsed: started.elapsed(),
+        was_interrupted,
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Whether `path` names an executable file inside `root` as a process chrooted
+/// there sees it: symlinks (`/sbin -> usr/sbin`, `mkfs.ext4 -> /usr/sbin/mke2fs`)
+/// resolve inside `root`, never into ours (`openat2` with `RESOLVE_IN_ROOT`).
+fn is_executable_in_root(root: &Path, path: &Path) -> bool {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    let Ok(root_fd) = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+    else {
+        return false;
+    };
+    let Ok(fd) = openat2(
+        &root_fd,
+        path,
+        OFlags::PATH,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT,
+    ) else {
+        return false;
+    };
+    rustix::fs::fstat(&fd).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+            && st.st_mode & 0o111 != 0
+    })
+}
+
+/// Write one sector at the marker's place and sync it. Opened `O_EXCL`: the
+/// kernel refuses if the device is mounted.
+fn write_marker_sector(device: &Path, size: u64, sector: &[u8; MARKER_BYTES]) -> Result<()> {
+    let offset = marker_offset(size).context("device smaller than a sector")?;
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+        .open(device)
+        .with_context(|| format!("open {} for writing (exclusive)", device.display()))?;
+    file.write_all_at(sector, offset)
+        .with_context(|| format!("write at {offset} of {}", device.display()))?;
+    file.sync_all()
+        .with_context(|| format!("sync {}", device.display()))
+}
+
+fn sync_device(device: &Path) -> Result<()> {
+    File::open(device)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("sync {}", device.display()))
+}
+
+/// Bind mounts made for a chrooted mkfs, undone on drop (newest first).
+struct ChrootBinds(Vec<PathBuf>);
+
+impl Drop for ChrootBinds {
+    fn drop(&mut self) {
+        for target in self.0.iter().rev() {
+            if let Err(e) = rustix::mount::unmount(target, rustix::mount::UnmountFlags::DETACH) {
+                log::warn!("unmount {}: {e}", target.display());
+            }
+        }
+    }
+}
+
+/// `/dev` (the device node) and `/proc` (mke2fs reads /proc/mounts to refuse
+/// a mounted device) inside the chroot, bound from ours when the lower's are
+/// empty. A read-only lower can take bind mounts on its existing directories.
+fn bind_api_dirs(root: &Path, device: &Path) -> Result<ChrootBinds> {
+    let mut binds = ChrootBinds(Vec::new());
+    let needs = [
+        (
+            "/dev",
+            root.join(device.strip_prefix("/").unwrap_or(device)),
+        ),
+        ("/proc", root.join("proc/self")),
+    ];
+    for (dir, probe) in needs {
+        if probe.exists() {
+            continue;
+        }
+        let target = root.join(dir.trim_start_matches('/'));
+        if !target.is_dir() {
+            bail!(
+                "the lower has no {} to bind {dir} on for its mkfs",
+                target.display()
+            );
+        }
+        rustix::mount::mount_bind_recursive(dir, &target)
+            .with_context(|| format!("bind {dir} on {}", target.display()))?;
+        binds.0.push(target);
+    }
+    Ok(binds)
+}
+
+/// Run the plan's mkfs with stdin from /dev/null and its output captured; kill
+/// it after `timeout`.
+fn run_mkfs(plan: &FormatPlan, timeout: Duration) -> Result<()> {
+    let mut command = Command::new(&plan.tool.program);
+    command
+        .args(&plan.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    let _binds = match &plan.tool.root {
+        Some(root) => {
+            let binds = bind_api_dirs(root, &plan.device)?;
+            let root = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
+                .with_context(|| format!("lower root {} holds a NUL byte", root.display()))?;
+            let slash = c"/";
+            // SAFETY: the closure runs in the forked child before exec. It only
+            // makes the chroot(2) and chdir(2) system calls (async-signal-safe) on
+            // C strings built before the fork, so it neither allocates nor takes
+            // a lock that another thread of the parent could have held.
+            unsafe {
+                command.pre_exec(move || {
+                    rustix::process::chroot(root.as_c_str())?;
+                    rustix::process::chdir(slash)?;
+                    Ok(())
+                });
+            }
+            Some(binds)
+        }
+        None => None,
+    };
+    let shown = format!("{} {}", plan.tool, plan.args.join(" "));
+    let mut child = command.spawn().with_context(|| format!("start {shown}"))?;
+    let status = wait_with_timeout(&mut child, timeout).with_context(|| format!("run {shown}"))?;
+    // mkfs -q writes little: what it did write fits the pipes.
+    let mut output = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = stderr.read_to_string(&mut output);
+    }
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_string(&mut output);
+    }
+    match status {
+        Some(status) if status.success() => Ok(()),
+        Some(status) => bail!("{shown} failed ({status}): {}", output.trim()),
+        None => bail!(
+            "{shown} did not finish in {} s and was killed: {}",
+            timeout.as_secs(),
+            output.trim()
+        ),
+    }
+}
+
+/// Wait for `child` at most `timeout` (a pidfd polled with a deadline); `None`
+/// when it had to be killed.
+fn wait_with_timeout(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Result<Option<std::process::ExitStatus>> {
+    let pid = rustix::process::Pid::from_child(child);
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .context("pidfd_open")?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().context("waitpid")? {
+            return Ok(Some(status));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let _ = child.kill();
+            child.wait().context("waitpid after kill")?;
+            return Ok(None);
+        }
+        let timespec = rustix::time::Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        let mut fds = [rustix::event::PollFd::new(
+            &pidfd,
+            rustix::event::PollFlags::IN,
+        )];
+        match rustix::event::poll(&mut fds, Some(&timespec)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e).context("poll the mkfs pidfd"),
+        }
+    }
+}
