@@ -12,7 +12,7 @@ const ALL_KINDS: &[FsKind] = &[
     FsKind::Other("exfat"),
     FsKind::Other("btrfs"),
     FsKind::Other("xfs"),
-    FsKind::Other("f2fs"),
+    FsKind::Supported(FsType::F2fs),
     FsKind::Other("swap"),
     FsKind::Other("jffs2"),
     FsKind::Other("jbd"),

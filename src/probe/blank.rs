@@ -369,15 +369,9 @@ mod tests {
         let md090 = (SIZE & !0xFFFF) - 0x10000;
         let device = Device::filled(0).poke(md090, &[0xFC, 0x4E, 0x2B, 0xA9, 0, 0, 0, 0]);
         assert_eq!(foreign(&device), "linux_raid_member");
-        // vfat: a boot sector with a sane BIOS parameter block.
-        let mut fat = vec![0u8; 512];
-        fat[11..13].copy_from_slice(&512u16.to_le_bytes());
-        fat[13] = 8;
-        fat[14] = 32;
-        fat[16] = 2;
-        fat[21] = 0xF8;
-        fat[82..90].copy_from_slice(b"FAT32   ");
-        fat[510..512].copy_from_slice(&[0x55, 0xAA]);
+        // vfat, as mkfs.vfat wrote it (the FAT reader also checks the FATs and the root
+        // directory, so a bare boot sector is not enough).
+        let fat = include_bytes!("../../tests/fixtures/probe/vfat16.img").to_vec();
         assert_eq!(foreign(&Device::filled(0).with_head(&fat)), "vfat");
         // A corrupt superblock is foreign too, with the reason.
         let mut corrupt = EXT4.to_vec();
