@@ -12,7 +12,9 @@ usage: overlay-init COMMAND [--overlay DIR]
 
 commands:
   status           show the upper, and whether a reset is pending
-  reset            ask for a factory reset at the next boot
+  reset            ask for a factory reset at the next boot (keeps what
+                   /etc/overlay-init/keep lists)
+  reset --all      the same, keeping nothing
   reset --cancel   drop a pending reset request
   reset --finish   wait until the old upper of an earlier reset is removed
                    (it is removed in the background after the boot)
@@ -26,8 +28,12 @@ commands:
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Status,
-    Reset { cancel: bool },
+    Reset {
+        cancel: bool,
+    },
     FinishReset,
+    /// `reset --all`: a reset that ignores the keep-list.
+    ResetAll,
     MarkGood,
     Help,
 }
@@ -57,6 +63,7 @@ pub fn parse_args(args: &[String]) -> Result<Invocation, String> {
         ["reset"] => Command::Reset { cancel: false },
         ["reset", "--cancel"] | ["--cancel", "reset"] => Command::Reset { cancel: true },
         ["reset", "--finish"] | ["--finish", "reset"] => Command::FinishReset,
+        ["reset", "--all"] | ["--all", "reset"] => Command::ResetAll,
         ["mark-good"] => Command::MarkGood,
         ["help"] | [] => Command::Help,
         _ => return Err(format!("unknown arguments: {}\n\n{USAGE}", args.join(" "))),
@@ -104,6 +111,10 @@ fn execute(inv: &Invocation) -> anyhow::Result<()> {
                     state_path.display()
                 ),
             }
+            let upgrade = std::path::Path::new(crate::layout::UPGRADE_STATE_FILE);
+            if let Some(u) = crate::state::read_upgrade(upgrade)? {
+                u.describe().iter().for_each(|l| println!("{l}"))
+            }
             print!("{}", status_text(overlay)?)
         }
         Command::Reset { cancel: false } => {
@@ -111,6 +122,13 @@ fn execute(inv: &Invocation) -> anyhow::Result<()> {
             println!(
                 "factory reset requested: the next boot starts from the factory state \
                  (cancel with: overlay-init reset --cancel)"
+            );
+        }
+        Command::ResetAll => {
+            crate::reset::request_as(overlay, "cli", true)?;
+            println!(
+                "factory reset requested, keeping nothing (not even the keep-list): the next \
+                 boot starts from the factory state (cancel with: overlay-init reset --cancel)"
             );
         }
         Command::Reset { cancel: true } => {
@@ -194,6 +212,10 @@ mod tests {
         assert_eq!(
             parse_args(&words("reset --finish")).unwrap().command,
             Command::FinishReset
+        );
+        assert_eq!(
+            parse_args(&words("reset --all")).unwrap().command,
+            Command::ResetAll
         );
         assert_eq!(
             parse_args(&words("mark-good")).unwrap().command,
