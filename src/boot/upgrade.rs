@@ -57,8 +57,9 @@ fn check(
     let result = match (&change, plan.action) {
         (LowerChange::Unchanged, _) => {
             log::debug!(
-                "upgrade: lower unchanged ({}; identity in {took:?})",
-                now.main.describe()
+                "upgrade: lower unchanged ({}; identity of {} layer(s) in {took:?})",
+                now.main.describe(),
+                lowers.len()
             );
             None
         }
@@ -182,12 +183,6 @@ fn identify_all(lowers: &[PathBuf]) -> Result<(IdentityRecord, Duration)> {
         let node = sys::lower_identity::device_node(dev)
             .with_context(|| format!("the device of the lower at {}", path.display()))?;
         let (id, took) = sys::lower_identity::identify(&node, path)?;
-        log::debug!(
-            "upgrade: identity of {} ({}): {} bytes of metadata hashed in {took:?}",
-            path.display(),
-            node.display(),
-            id.meta_bytes
-        );
         total += took;
         ids.push(id);
     }
