@@ -122,7 +122,7 @@ fn keep_warns_and_lists_what_shadows_the_new_lower() {
         &v1,
         &upper,
         "ovl.debug",
-        "/test/show; dmesg -r | grep 'overlay-init: upgrade' | sed 's/^/KMSG /'",
+        "/test/show; dmesg -r | grep 'overlay-init: upgrad[e]' | sed 's/^/KMSG /'",
     );
     let kmsg = same.output_values("KMSG ");
     assert_eq!(kmsg.len(), 1, "{kmsg:?}\n{same:?}");
