@@ -663,33 +663,47 @@ impl GroupGuard {
     }
 }
 
-/// SIGKILL the QEMU process of qemu/run's process group (found by pgid and name in /proc),
-/// so qemu/run itself sees it die and cleans up. False when none was found.
+/// SIGKILL the QEMU process started by qemu/run (`child`): a descendant named qemu-system-*,
+/// found in /proc (GNU timeout puts QEMU in a process group of its own), so qemu/run itself
+/// sees it die and cleans up. False when none was found.
 fn kill_qemu_of(child: &Child) -> bool {
-    let group = child.id();
-    let mut killed = false;
+    // pid -> (comm, ppid), from /proc/PID/stat: "pid (comm) state ppid ...".
+    let mut procs = HashMap::new();
     for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry
             .file_name()
             .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
+            .and_then(|n| n.parse::<u32>().ok())
         else {
             continue;
         };
         let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after the last ')'.
         let Some((head, rest)) = stat.rsplit_once(')') else {
             continue;
         };
-        let comm = head.split_once('(').map_or("", |(_, c)| c);
-        let pgrp = rest
+        let comm = head.split_once('(').map_or("", |(_, c)| c).to_string();
+        let ppid = rest
             .split_whitespace()
-            .nth(2)
+            .nth(1)
             .and_then(|p| p.parse::<u32>().ok());
-        if pgrp == Some(group) && comm.starts_with("qemu-system") {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        procs.insert(pid, (comm, ppid.unwrap_or(0)));
+    }
+    let descends = |mut pid: u32| {
+        for _ in 0..64 {
+            match procs.get(&pid) {
+                Some((_, ppid)) if *ppid == child.id() => return true,
+                Some((_, ppid)) if *ppid > 1 => pid = *ppid,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let mut killed = false;
+    for (pid, (comm, _)) in &procs {
+        if comm.starts_with("qemu-system") && descends(*pid) {
+            if let Some(pid) = rustix::process::Pid::from_raw(*pid as i32) {
                 killed |= rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok();
             }
         }
