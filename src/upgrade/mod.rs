@@ -286,6 +286,25 @@ mod tests {
     }
 
     #[test]
+    fn ovl_upgrade_is_read_from_the_command_line() {
+        let parsed = crate::cmdline::parse("root=/dev/vda ovl.upgrade=prune");
+        assert_eq!(parsed.config.upgrade, Policy::Prune);
+        assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
+        assert_eq!(
+            crate::cmdline::parse("root=/dev/vda").config.upgrade,
+            Policy::Keep
+        );
+        let bad = crate::cmdline::parse("root=/dev/vda ovl.upgrade=wipe ovl.upgrade");
+        assert_eq!(bad.config.upgrade, Policy::Keep);
+        assert_eq!(bad.problems.len(), 2, "{:?}", bad.problems);
+        for p in &bad.problems {
+            assert_eq!(p.param, "ovl.upgrade");
+            assert!(!p.fatal);
+            assert!(p.message.contains("keep, prune, reset"), "{}", p.message);
+        }
+    }
+
+    #[test]
     fn change_message_names_both_versions() {
         let id = |v: &str, h: char| identity::LowerIdentity {
             fstype: "squashfs".into(),
