@@ -215,13 +215,26 @@ fn prune_then_reset_with_the_keep_list() {
     top.sort();
     assert_eq!(top, ["etc", "root"], "{reset:?}");
 
-    // A third boot on the same lower persists again, and resets nothing.
-    let after = boot_ok(&v1, &upper, "ovl.upgrade=reset", "/test/show");
+    // A third boot on the same lower persists again, and resets nothing; it
+    // asks for a reset that ignores the keep-list.
+    let after = boot_ok(
+        &v1,
+        &upper,
+        "ovl.upgrade=reset",
+        "/test/show; /sbin/overlay-init reset --all",
+    );
     assert_no_marker(&after, "asked for a factory reset");
     assert_output(&after, "THREE=three");
     assert_output(&after, "APPCONF=edited");
     assert_output(&after, "STATUS last upgrade: main:");
     assert_output(&after, "(at an earlier boot)");
+    assert_output(&after, "factory reset requested, keeping nothing");
+
+    let all = boot_ok(&v1, &upper, "", "/test/show");
+    assert_marker(&all, "the keep-list is not carried");
+    assert_output(&all, "APPCONF=setting=factory");
+    assert_output(&all, "SSH=gone");
+    assert!(all.output_values("UPPER-TOP ").is_empty(), "{all:?}");
 }
 
 /// What the upper holds after a killed boot, read from a journal-replayed copy.
