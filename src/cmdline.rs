@@ -118,6 +118,8 @@ pub struct Config {
     pub onfail: Option<OnFail>,
     pub modules: ModuleLoading,
     pub debug: bool,
+    /// `ovl.upgrade=`: what a boot does when the lower changed.
+    pub upgrade: crate::upgrade::Policy,
     /// Arguments after `--`, for the real init.
     pub init_args: Vec<String>,
 }
@@ -146,6 +148,7 @@ impl Default for Config {
             onfail: None,
             modules: ModuleLoading::Auto,
             debug: false,
+            upgrade: crate::upgrade::Policy::Keep,
             init_args: Vec::new(),
         }
     }
@@ -282,6 +285,7 @@ pub const OVL_PARAMS: &[(&str, OvlParser)] = &[
     ("modules", ovl_modules),
     ("debug", |c, v, p| p.flag(v, &mut c.debug)),
     ("init", ovl_init),
+    ("upgrade", ovl_upgrade),
 ];
 
 /// The problems collector for one parameter as written (`raw`).
@@ -469,6 +473,13 @@ fn ovl_maxtries(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) 
         Some(Ok(n)) => config.maxtries = n,
         Some(Err(e)) => p.warn(format!("{e} (0 = off); using {DEFAULT_MAXTRIES}")),
         None => p.warn("needs a number (0 = off)"),
+    }
+}
+
+fn ovl_upgrade(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match crate::upgrade::parse_policy(value) {
+        Ok(policy) => config.upgrade = policy,
+        Err(_) => p.warn("accepted: keep, prune, reset; using the default (keep)"),
     }
 }
 

@@ -133,6 +133,113 @@ impl BootState {
     }
 }
 
+/// The lower's identity and the upgrade handling, for `overlay-init status`:
+/// written by the "upgrade" step to `/run/overlay-init/upgrade` (same
+/// `key=value` format, own file so it does not depend on when the boot state
+/// is written). `last_upgrade`, `upgrade_policy` and `upgrade_result` also
+/// persist in `.overlay-init/last-upgrade` on the upper, so a later boot
+/// still reports the last upgrade seen.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpgradeState {
+    /// The main lower's identity (`squashfs 2 (build x) 1a2b...`).
+    pub lower_identity: Option<String>,
+    /// Its os-release version (`IMAGE_VERSION`, else `VERSION_ID`; `BUILD_ID`).
+    pub lower_version: Option<String>,
+    /// The last change seen: `LAYER: OLD -> NEW[; ...]`.
+    pub last_upgrade: Option<String>,
+    /// The `ovl.upgrade=` policy applied to it.
+    pub upgrade_policy: Option<String>,
+    /// What it did, in a few words.
+    pub upgrade_result: Option<String>,
+    /// The change was seen by this boot (not an earlier one).
+    pub this_boot: bool,
+}
+
+impl UpgradeState {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (key, value) in [
+            ("lower_identity", &self.lower_identity),
+            ("lower_version", &self.lower_version),
+            ("last_upgrade", &self.last_upgrade),
+            ("upgrade_policy", &self.upgrade_policy),
+            ("upgrade_result", &self.upgrade_result),
+        ] {
+            if let Some(v) = value {
+                out.push_str(&format!("{key}={}\n", one_line(v)));
+            }
+        }
+        if self.this_boot {
+            out.push_str("upgrade_this_boot=1\n");
+        }
+        out
+    }
+
+    /// Unknown keys and malformed lines are skipped.
+    pub fn parse(text: &str) -> UpgradeState {
+        let mut s = UpgradeState::default();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            let v = Some(value.to_string());
+            match key {
+                "lower_identity" => s.lower_identity = v,
+                "lower_version" => s.lower_version = v,
+                "last_upgrade" => s.last_upgrade = v,
+                "upgrade_policy" => s.upgrade_policy = v,
+                "upgrade_result" => s.upgrade_result = v,
+                "upgrade_this_boot" => s.this_boot = value == "1",
+                _ => {}
+            }
+        }
+        s
+    }
+
+    /// Lines for `overlay-init status`.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some(id) = &self.lower_identity {
+            lines.push(format!("lower: {id}"));
+        }
+        if let Some(v) = &self.lower_version {
+            lines.push(format!("lower version: {v}"));
+        }
+        match &self.last_upgrade {
+            Some(change) => {
+                let when = if self.this_boot {
+                    "at this boot"
+                } else {
+                    "at an earlier boot"
+                };
+                lines.push(format!("last upgrade: {change} ({when})"));
+                let policy = self.upgrade_policy.as_deref().unwrap_or("unknown");
+                let result = self.upgrade_result.as_deref().unwrap_or("");
+                lines.push(format!("upgrade policy applied: {policy}: {result}"));
+            }
+            None => lines.push("last upgrade: none seen".into()),
+        }
+        lines
+    }
+}
+
+/// Write the upgrade state file (creating its directory).
+pub fn write_upgrade(path: &Path, state: &UpgradeState) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::write(path, state.render()).with_context(|| format!("write {}", path.display()))
+}
+
+/// Read the upgrade state file; `None` when the boot wrote none (a tmpfs upper).
+pub fn read_upgrade(path: &Path) -> Result<Option<UpgradeState>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(UpgradeState::parse(&text))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
 /// Write the state file (creating its directory).
 pub fn write(path: &Path, state: &BootState) -> Result<()> {
     if let Some(dir) = path.parent() {
@@ -214,6 +321,30 @@ mod tests {
             .iter()
             .any(|l| l == "tmpfs fallback: /dev/vdb: no filesystem"));
         assert!(lines.iter().any(|l| l.contains("off")));
+    }
+
+    #[test]
+    fn upgrade_state_round_trips_and_describes() {
+        let u = UpgradeState {
+            lower_identity: Some("squashfs 2 abcd".into()),
+            lower_version: Some("2".into()),
+            last_upgrade: Some("main: squashfs 1 aaaa\n-> squashfs 2 abcd".into()),
+            upgrade_policy: Some("keep".into()),
+            upgrade_result: Some("3 shadowed".into()),
+            this_boot: true,
+        };
+        let back = UpgradeState::parse(&u.render());
+        assert_eq!(
+            back.last_upgrade.as_deref(),
+            Some("main: squashfs 1 aaaa -> squashfs 2 abcd")
+        );
+        assert!(back.this_boot);
+        let lines = back.describe();
+        assert_eq!(lines[0], "lower: squashfs 2 abcd");
+        assert!(lines[2].ends_with("(at this boot)"), "{lines:?}");
+        assert_eq!(lines[3], "upgrade policy applied: keep: 3 shadowed");
+        let none = UpgradeState::parse("future=1\nlower_version=1\n").describe();
+        assert_eq!(none, ["lower version: 1", "last upgrade: none seen"]);
     }
 
     #[test]

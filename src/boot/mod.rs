@@ -10,6 +10,7 @@ pub mod failure;
 pub mod initramfs;
 pub mod kernel_root;
 pub mod steps;
+pub mod upgrade;
 pub mod upper;
 
 use std::ffi::OsString;
@@ -114,9 +115,14 @@ pub fn sequence(
     let mut upper = t.step("upper", || {
         upper::mount_upper(config, &staging, device, early_failsafe)
     })?;
+    if let UpperKind::Persistent(_) = &upper {
+        t.step("upgrade", || {
+            upgrade::check_lowers(config, &staging, &lowers)
+        })?;
+    }
     if let UpperKind::Persistent(dev) = &upper {
         upper = t.step("reset", || {
-            upper::apply_reset(config, &staging, dev, main.dev)
+            upper::apply_reset(config, &staging, dev, main.dev, &lowers)
         })?;
     }
     let dirs = t.step("upper dirs", || {

@@ -97,20 +97,21 @@ pub fn mount_upper(
 }
 
 /// The "reset" step, on a persistent upper only: apply a pending factory
-/// reset (`lower_dev` is the main lower's device: a reset refuses to run on
-/// it). A reset that did not finish left the old upper and the request in
+/// reset, carrying the keep-list of the merged view of `lowers` and the upper
+/// (`lower_dev` is the main lower's device: a reset refuses to run on it). A reset that did not finish left the old upper and the request in
 /// place: boot clean on a tmpfs, retry next boot.
 pub fn apply_reset(
     config: &Config,
     staging: &Staging,
     dev: &Path,
     lower_dev: u64,
+    lowers: &[PathBuf],
 ) -> Result<UpperKind> {
     let flags = crate::reset::BootFlags {
         cmdline_reset: config.reset,
         failsafe: config.failsafe,
     };
-    match crate::reset::apply_pending(&staging.upper_fs(), flags, Some(lower_dev)) {
+    match super::upgrade::apply_reset(&staging.upper_fs(), flags, lower_dev, lowers) {
         Ok(outcome) => {
             log::debug!("reset: {outcome:?}");
             Ok(UpperKind::Persistent(dev.to_path_buf()))

@@ -351,6 +351,9 @@ pub struct Disk {
     /// Attached as `virtio-blk-device` on a virtio-mmio slot of aarch64's virt board, instead
     /// of `virtio-blk-pci` (`qemu/run --disk PATH,mmio`).
     pub mmio: bool,
+    /// QEMU's cache mode (`qemu/run --disk PATH,cache=MODE`), e.g. `unsafe` so that a
+    /// killed QEMU loses what the guest did not flush; `None`: qemu/run's default.
+    pub cache: Option<&'static str>,
 }
 
 impl Disk {
@@ -360,6 +363,7 @@ impl Disk {
             readonly: false,
             serial: None,
             mmio: false,
+            cache: None,
         }
     }
 
@@ -369,6 +373,7 @@ impl Disk {
             readonly: true,
             serial: None,
             mmio: false,
+            cache: None,
         }
     }
 
@@ -382,6 +387,9 @@ impl Disk {
         }
         if self.mmio {
             spec.push_str(",mmio");
+        }
+        if let Some(mode) = self.cache {
+            spec.push_str(&format!(",cache={mode}"));
         }
         spec
     }
@@ -412,6 +420,8 @@ pub enum Action {
     /// `drive_add 0 if=none,id=late,format=raw,file=/path` then
     /// `device_add virtio-blk-pci,drive=late`.
     Monitor(String),
+    /// SIGKILL qemu/run and QEMU (a power cut) this long after the trigger's text appeared.
+    Kill(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -653,6 +663,54 @@ impl GroupGuard {
     }
 }
 
+/// SIGKILL the QEMU process started by qemu/run (`child`): a descendant named qemu-system-*,
+/// found in /proc (GNU timeout puts QEMU in a process group of its own), so qemu/run itself
+/// sees it die and cleans up. False when none was found.
+fn kill_qemu_of(child: &Child) -> bool {
+    // pid -> (comm, ppid), from /proc/PID/stat: "pid (comm) state ppid ...".
+    let mut procs = HashMap::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map_or("", |(_, c)| c).to_string();
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        procs.insert(pid, (comm, ppid.unwrap_or(0)));
+    }
+    let descends = |mut pid: u32| {
+        for _ in 0..64 {
+            match procs.get(&pid) {
+                Some((_, ppid)) if *ppid == child.id() => return true,
+                Some((_, ppid)) if *ppid > 1 => pid = *ppid,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let mut killed = false;
+    for (pid, (comm, _)) in &procs {
+        if comm.starts_with("qemu-system") && descends(*pid) {
+            if let Some(pid) = rustix::process::Pid::from_raw(*pid as i32) {
+                killed |= rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok();
+            }
+        }
+    }
+    killed
+}
+
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
@@ -751,6 +809,13 @@ pub fn boot(spec: &BootSpec) -> BootResult {
                 Action::Console(bytes) => {
                     if let Some(input) = stdin.as_mut() {
                         let _ = input.write_all(bytes).and_then(|()| input.flush());
+                    }
+                }
+                Action::Kill(delay) => {
+                    // Not a synchronisation: the instant of the power cut is chosen by the test.
+                    thread::sleep(*delay);
+                    if !kill_qemu_of(&guard.child) {
+                        guard.kill();
                     }
                 }
                 Action::Monitor(line) => {
