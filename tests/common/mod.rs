@@ -491,6 +491,13 @@ pub struct BootResult {
 }
 
 impl BootResult {
+    /// The kernel's timestamp (uptime, seconds) of the first console line containing `text`.
+    pub fn kernel_time_of(&self, text: &str) -> Option<f64> {
+        let line = self.console.lines().find(|line| line.contains(text))?;
+        let stamp = line.trim_start().strip_prefix('[')?.split(']').next()?;
+        stamp.trim().parse().ok()
+    }
+
     pub fn contains(&self, text: &str) -> bool {
         self.console.contains(text)
     }
