@@ -14,6 +14,7 @@
 
 use std::fmt;
 
+use crate::cmdline::{Config, Problems};
 use crate::devspec::DeviceSpec;
 use crate::probe::verity::{hex_lower, VeritySuperblock, SUPERBLOCK_BYTES};
 
@@ -198,6 +199,55 @@ pub fn parse_lower_entry(entry: &str) -> Result<(&str, Option<RootHash>), String
     let hash = RootHash::parse(hash)
         .map_err(|e| format!("ovl.lower=: in {entry:?}, after the last '@': {e}"))?;
     Ok((spec, Some(hash)))
+}
+
+/// The four `ovl.verity*` parameters as given, before [`VerityConfig::from_params`]
+/// combines them (in `cmdline::check_conflicts`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Params {
+    pub root_hash: Option<RootHash>,
+    pub hash: Option<DeviceSpec>,
+    pub hash_offset: Option<u64>,
+    pub on_error: Option<OnError>,
+}
+
+// The `cmdline::OVL_PARAMS` parsers. A bad value of a parameter that asks for
+// verification is fatal: booting unverified is not a safe default.
+
+pub fn ovl_verity(c: &mut Config, v: Option<&str>, p: &mut Problems<'_>) {
+    match parse_verity(v.unwrap_or_default()) {
+        Ok(h) => c.verity_params.root_hash = Some(h),
+        Err(e) => p.fatal(e),
+    }
+}
+
+pub fn ovl_verity_hash(c: &mut Config, v: Option<&str>, p: &mut Problems<'_>) {
+    match parse_verity_hash(v.unwrap_or_default()) {
+        Ok(d) => c.verity_params.hash = Some(d),
+        Err(e) => p.fatal(e),
+    }
+}
+
+pub fn ovl_verity_hashoffset(c: &mut Config, v: Option<&str>, p: &mut Problems<'_>) {
+    match parse_verity_hashoffset(v.unwrap_or_default()) {
+        Ok(o) => c.verity_params.hash_offset = Some(o),
+        Err(e) => p.fatal(e),
+    }
+}
+
+pub fn ovl_verity_onerror(c: &mut Config, v: Option<&str>, p: &mut Problems<'_>) {
+    match parse_verity_onerror(v.unwrap_or_default()) {
+        Ok(o) => c.verity_params.on_error = Some(o),
+        // eio is the mode that keeps the system up: the safe default.
+        Err(e) => p.warn(format!("{e}; using eio")),
+    }
+}
+
+/// Combine the `ovl.verity*` parameters into `config.verity`; `Err` is fatal.
+pub fn resolve(config: &mut Config) -> Result<(), String> {
+    let p = config.verity_params.clone();
+    config.verity = VerityConfig::from_params(p.root_hash, p.hash, p.hash_offset, p.on_error)?;
+    Ok(())
 }
 
 /// Verification of the main lower, from the `ovl.verity*` parameters.

@@ -90,6 +90,12 @@ pub fn check_config(config: &Config, argv0: &str) -> Result<String> {
              is the lower (boot with an initramfs, or put the image's content on root=)"
         );
     }
+    if config.verity.is_some() {
+        bail!(
+            "ovl.verity= needs initramfs mode: in router mode the kernel mounted the root \
+             before overlay-init ran (verify it with the kernel's dm-mod.create=, or use an initramfs)"
+        );
+    }
     router::real_init(config, argv0)
 }
 
@@ -109,6 +115,7 @@ pub fn find_devices(config: &Config) -> Result<Devices> {
         root: None,
         upper,
         lowers,
+        verity_hash: None,
     })
 }
 

@@ -11,6 +11,7 @@ pub mod initramfs;
 pub mod kernel_root;
 pub mod steps;
 pub mod upper;
+pub mod verity;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -105,10 +106,19 @@ pub fn sequence(
     }
     let devices = t.step("device wait", || mode.find_devices(config))?;
     let staging = t.step("staging", || mode.prepare_staging())?;
-    let main = t.step("lower", || mode.mount_lower(config, &devices, &staging))?;
+    let on_error = verity::on_error(config, early_failsafe.is_some());
+    let main = t.step("lower", || {
+        mode.mount_lower(config, &devices, &staging, on_error)
+    })?;
     let mut lowers = vec![main.path.clone()];
     lowers.extend(t.step("extra lowers", || {
-        lower::mount_extra_lowers(config, &devices.lowers, &main.files_base, &staging)
+        lower::mount_extra_lowers(
+            config,
+            &devices.lowers,
+            &main.files_base,
+            &staging,
+            on_error,
+        )
     })?);
     let device = devices.upper.as_deref();
     let mut upper = t.step("upper", || {
@@ -127,7 +137,8 @@ pub fn sequence(
     })?;
     t.step("move layers", || mode.move_layers(&staging))?;
     t.step("check init", || {
-        sys::switch::check_init(&staging.root(), &init)
+        sys::switch::check_init(&staging.root(), &init)?;
+        verity::check_init(config, &staging.root(), &init)
     })?;
     t.step("record boot", || {
         upper::record_boot(config, &staging, &upper);
@@ -158,6 +169,8 @@ pub struct Devices {
     pub upper: Option<PathBuf>,
     /// The `ovl.lower=` devices, in order.
     pub lowers: Vec<PathBuf>,
+    /// The `ovl.verity_hash=` device.
+    pub verity_hash: Option<PathBuf>,
 }
 
 /// The main lower, mounted.
@@ -232,9 +245,10 @@ impl RootMode {
         config: &Config,
         devices: &Devices,
         staging: &Staging,
+        on_error: crate::verity::OnError,
     ) -> Result<MainLower> {
         match self {
-            RootMode::Initramfs => initramfs::mount_lower(config, devices, staging),
+            RootMode::Initramfs => initramfs::mount_lower(config, devices, staging, on_error),
             RootMode::KernelRoot => kernel_root::mount_lower(),
         }
     }
