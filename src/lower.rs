@@ -133,14 +133,13 @@ pub fn mount_extra_lowers(
     devices: &[PathBuf],
     files_base: &Path,
     staging: &Staging,
-    on_error: crate::verity::OnError,
 ) -> Result<Vec<PathBuf>> {
     let mut device_iter = devices.iter();
     let mut mounted = Vec::new();
     for (n, spec) in config.lowers.iter().enumerate() {
         let target = staging.extra_lower(n);
         // `SPEC@ROOTHASH`: mounted from a dm-verity device over it.
-        let verify = |data: &Path| crate::boot::verity::extra_lower(config, n, data, on_error);
+        let verify = |data: &Path| crate::boot::verity::extra_lower(config, n, data);
         match spec {
             LowerSpec::Device(_) => {
                 let dev = device_iter.next().context("internal: lower device count")?;

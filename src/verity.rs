@@ -446,6 +446,24 @@ pub fn parse_table_params(params: &str) -> Option<LiveTable> {
     })
 }
 
+/// The parameters of a live verity target with `mode` as its on-corruption
+/// option (`restart_on_corruption`, `panic_on_corruption` or neither, for
+/// EIO), other options kept; `None` when nothing changes or it is not a
+/// verity table line.
+pub fn with_on_error(params: &str, mode: OnError) -> Option<String> {
+    let fields: Vec<&str> = params.split_whitespace().collect();
+    let (fixed, optional) = fields.split_at_checked(10)?;
+    let is_mode = |o: &&str| matches!(*o, "restart_on_corruption" | "panic_on_corruption");
+    let rest = optional.get(1..).unwrap_or_default();
+    let mut kept: Vec<&str> = rest.iter().copied().filter(|o| !is_mode(o)).collect();
+    kept.extend(mode.table_arg());
+    let mut out = fixed.join(" ");
+    if !kept.is_empty() {
+        out.push_str(&format!(" {} {}", kept.len(), kept.join(" ")));
+    }
+    (out != fields.join(" ")).then_some(out)
+}
+
 /// Check the superblock's data area against the devices' sizes (bytes), so a
 /// mismatch is reported by name before the kernel fails with a bare EINVAL or
 /// an I/O error at the end of the device.
@@ -725,6 +743,26 @@ mod tests {
         let error = VerityConfig::from_params(hash(), None, Some(0), None).unwrap_err();
         assert!(error.contains("ovl.verity_hashoffset=0"), "{error}");
         assert!(VerityConfig::from_params(hash(), vdb(), Some(0), None).is_ok());
+    }
+
+    #[test]
+    fn on_error_mode_of_a_live_table() {
+        let base = "1 254:0 254:1 4096 4096 8 1 sha256 ab00ab00ab00ab00ab00ab00ab00ab00ab00ab00 -";
+        assert_eq!(with_on_error(base, OnError::Eio), None);
+        let restart = with_on_error(base, OnError::Restart).unwrap();
+        assert_eq!(restart, format!("{base} 1 restart_on_corruption"));
+        assert_eq!(
+            parse_table_params(&restart).unwrap().on_error,
+            OnError::Restart
+        );
+        assert_eq!(with_on_error(&restart, OnError::Restart), None);
+        assert_eq!(with_on_error(&restart, OnError::Eio).as_deref(), Some(base));
+        let live = format!("{base} 2 ignore_zero_blocks restart_on_corruption");
+        assert_eq!(
+            with_on_error(&live, OnError::Panic),
+            Some(format!("{base} 2 ignore_zero_blocks panic_on_corruption"))
+        );
+        assert_eq!(with_on_error("garbage", OnError::Panic), None);
     }
 
     #[test]

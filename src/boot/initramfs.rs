@@ -18,7 +18,6 @@ use crate::lower::{
 use crate::overlay::Staging;
 use crate::sys;
 use crate::sys::mount::{ensure_dir, move_mount};
-use crate::verity::OnError;
 
 /// Where the layers are assembled inside the initramfs: the lower at `/rom`,
 /// the upper's filesystem at `/overlay`, the overlay at `/sysroot`. Those are
@@ -91,18 +90,13 @@ pub fn find_devices(config: &Config) -> Result<Devices> {
 /// image's host instead and loop-mount the image file at `/rom`.
 /// With `ovl.verity=`, the lower is mounted from a dm-verity device over
 /// `root=` (or over the image's loop device).
-pub fn mount_lower(
-    config: &Config,
-    devices: &Devices,
-    staging: &Staging,
-    on_error: OnError,
-) -> Result<MainLower> {
+pub fn mount_lower(config: &Config, devices: &Devices, staging: &Staging) -> Result<MainLower> {
     let root = devices
         .root
         .as_deref()
         .context("internal: root device not resolved")?;
     let hash = devices.verity_hash.as_deref();
-    let verify = |data: &Path| super::verity::main_lower(config, data, hash, on_error);
+    let verify = |data: &Path| super::verity::main_lower(config, data, hash);
     let (dev, files_base) = match &config.image {
         None => (
             mount_lower_device(

@@ -106,19 +106,10 @@ pub fn sequence(
     }
     let devices = t.step("device wait", || mode.find_devices(config))?;
     let staging = t.step("staging", || mode.prepare_staging())?;
-    let on_error = verity::on_error(config, early_failsafe.is_some());
-    let main = t.step("lower", || {
-        mode.mount_lower(config, &devices, &staging, on_error)
-    })?;
+    let main = t.step("lower", || mode.mount_lower(config, &devices, &staging))?;
     let mut lowers = vec![main.path.clone()];
     lowers.extend(t.step("extra lowers", || {
-        lower::mount_extra_lowers(
-            config,
-            &devices.lowers,
-            &main.files_base,
-            &staging,
-            on_error,
-        )
+        lower::mount_extra_lowers(config, &devices.lowers, &main.files_base, &staging)
     })?);
     let device = devices.upper.as_deref();
     let mut upper = t.step("upper", || {
@@ -142,6 +133,7 @@ pub fn sequence(
     })?;
     t.step("record boot", || {
         upper::record_boot(config, &staging, &upper);
+        verity::arm_on_error(config, &upper);
         Ok(())
     })?;
     t.step("move api mounts", || mode.move_api_mounts(&staging))?;
@@ -245,10 +237,9 @@ impl RootMode {
         config: &Config,
         devices: &Devices,
         staging: &Staging,
-        on_error: crate::verity::OnError,
     ) -> Result<MainLower> {
         match self {
-            RootMode::Initramfs => initramfs::mount_lower(config, devices, staging, on_error),
+            RootMode::Initramfs => initramfs::mount_lower(config, devices, staging),
             RootMode::KernelRoot => kernel_root::mount_lower(),
         }
     }

@@ -7,21 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::boot::upper::UpperKind;
 use crate::cmdline::Config;
 use crate::sys::verity::{self as dmv, OpenRequest};
 use crate::verity::{extra_dm_name, OnError, RootHash, MAIN_DM_NAME};
-
-/// What a corrupted block read after boot does. A failsafe boot asked for
-/// before any device is touched (`ovl.failsafe`, the key) always uses `eio`:
-/// it runs on the same lower, and a block that restarted or panicked the
-/// machine at every boot must not do it there too (see docs/verity.md).
-pub fn on_error(config: &Config, early_failsafe: bool) -> OnError {
-    match &config.verity {
-        Some(_) if early_failsafe => OnError::Eio,
-        Some(v) => v.on_error,
-        None => OnError::Eio,
-    }
-}
 
 /// Set up the verity device `name` over `data` (the tree on `hash`, at
 /// `hash_offset`) and return the device to mount. The device stays after
@@ -32,7 +21,6 @@ fn open(
     hash: &Path,
     hash_offset: u64,
     root_hash: &RootHash,
-    on_error: OnError,
 ) -> Result<PathBuf> {
     dmv::ensure_modules()?;
     let verified = dmv::open(&OpenRequest {
@@ -41,14 +29,13 @@ fn open(
         hash,
         hash_offset,
         root_hash,
-        on_error,
+        on_error: OnError::Eio,
     })?;
     let path = verified.device.path().to_path_buf();
     log::info!(
-        "dm-verity: {} verifies {} (root hash {root_hash}, on error {})",
+        "dm-verity: {} verifies {} (root hash {root_hash})",
         path.display(),
-        data.display(),
-        on_error.name()
+        data.display()
     );
     verified.device.keep();
     Ok(path)
@@ -57,12 +44,7 @@ fn open(
 /// The main lower with `ovl.verity=`: `data` is `root=` (or the loop device
 /// of `ovl.image=`), `hash` the `ovl.verity_hash=` device if one was named.
 /// Returns the device to mount (`data` itself without `ovl.verity=`).
-pub fn main_lower(
-    config: &Config,
-    data: &Path,
-    hash: Option<&Path>,
-    on_error: OnError,
-) -> Result<PathBuf> {
+pub fn main_lower(config: &Config, data: &Path, hash: Option<&Path>) -> Result<PathBuf> {
     let Some(v) = &config.verity else {
         return Ok(data.to_path_buf());
     };
@@ -72,20 +54,52 @@ pub fn main_lower(
         hash.unwrap_or(data),
         v.hash_offset,
         &v.root_hash,
-        on_error,
     )
 }
 
 /// Extra lower number `n` (`ovl.lower=SPEC@ROOTHASH`): its tree is appended,
 /// right after the filesystem. Returns the device to mount (`data` itself
 /// when the entry has no root hash).
-pub fn extra_lower(config: &Config, n: usize, data: &Path, on_error: OnError) -> Result<PathBuf> {
+pub fn extra_lower(config: &Config, n: usize, data: &Path) -> Result<PathBuf> {
     let Some(Some(root_hash)) = config.lower_hashes.get(n) else {
         return Ok(data.to_path_buf());
     };
     let offset = dmv::find_appended_tree(data)?;
-    open(&extra_dm_name(n), data, data, offset, root_hash, on_error)
+    open(&extra_dm_name(n), data, data, offset, root_hash)
         .with_context(|| format!("ovl.lower= entry {}", n + 1))
+}
+
+/// The "record boot" step, once this boot is counted: switch the verity
+/// devices to what `ovl.verity_onerror=` asks for (they were set up with
+/// `eio`, so a bad block found during the boot gets a message and
+/// `ovl.onfail=`, never a restart before the boot counter knows of it). A
+/// failsafe boot stays at `eio`: it runs on the same lower, and a block that
+/// restarted the machine at every boot must let it come up (docs/verity.md).
+pub fn arm_on_error(config: &Config, upper: &UpperKind) {
+    let Some(mode) = config.verity.as_ref().map(|v| v.on_error) else {
+        return;
+    };
+    if mode == OnError::Eio {
+        return;
+    }
+    if matches!(upper, UpperKind::Failsafe { .. }) {
+        log::warn!(
+            "failsafe: dm-verity stays at eio (ovl.verity_onerror={} is for normal boots)",
+            mode.name()
+        );
+        return;
+    }
+    let extras = config.lower_hashes.iter().enumerate();
+    let names = std::iter::once(MAIN_DM_NAME.to_string()).chain(
+        extras
+            .filter(|(_, h)| h.is_some())
+            .map(|(n, _)| extra_dm_name(n)),
+    );
+    for name in names {
+        if let Err(e) = dmv::set_on_error(&name, mode) {
+            log::warn!("dm-verity {name}: still eio, not {}: {e:#}", mode.name());
+        }
+    }
 }
 
 /// With a verified lower, read the whole real init once before the handover:

@@ -282,3 +282,25 @@ pub fn read_whole(root: &Path, path: &str) -> Result<()> {
         }
     }
 }
+
+/// Give the live verity device `name` the on-corruption mode `mode`: a table
+/// reload, swapped in by the resume (the kernel suspends around the swap).
+pub fn set_on_error(name: &str, mode: OnError) -> Result<()> {
+    let control = dm::Control::open()?;
+    let targets = control.table(name)?;
+    let [target] = targets.as_slice() else {
+        bail!("{name}: not a one-target table");
+    };
+    if let Some(params) = crate::verity::with_on_error(&target.params, mode) {
+        control.load_table(
+            name,
+            &Target {
+                params,
+                ..target.clone()
+            },
+            true,
+        )?;
+        control.resume(name)?;
+    }
+    Ok(())
+}
