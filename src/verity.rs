@@ -486,11 +486,19 @@ pub fn check_sizes(
             spec.data_device, spec.hash_offset
         ));
     }
-    let tree_start =
-        hash_start_block(spec.hash_offset, sb.hash_block_size) * u64::from(sb.hash_block_size);
-    if tree_start >= hash_device_bytes {
+    // One data block has no tree: its hash is the root hash (the kernel's
+    // levels = 0), so the hash area may end right after the superblock.
+    let tree_block = if sb.data_blocks > 1 {
+        u64::from(sb.hash_block_size)
+    } else {
+        0
+    };
+    let tree_end = hash_start_block(spec.hash_offset, sb.hash_block_size)
+        * u64::from(sb.hash_block_size)
+        + tree_block;
+    if tree_end > hash_device_bytes {
         return Err(format!(
-            "{} ends at {hash_device_bytes} bytes, before its hash tree would start ({tree_start})",
+            "{} ends at {hash_device_bytes} bytes, before its hash tree does ({tree_end})",
             spec.hash_device
         ));
     }
