@@ -329,7 +329,8 @@ fn a_bad_block_in_the_init_stops_the_boot_without_a_panic() {
         &result,
         "the real init /sbin/init does not read back through dm-verity",
     );
-    assert_marker(&result, "corruption seen");
+    assert_marker(&result, "the kernel log names it");
+    assert_marker(&result, "is corrupted");
     assert_no_marker(&result, "handover to");
     assert_no_marker(&result, "Kernel panic");
     assert_exit(&result, Exit::PowerOff);

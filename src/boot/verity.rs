@@ -9,8 +9,12 @@ use anyhow::{Context, Result};
 
 use crate::boot::upper::UpperKind;
 use crate::cmdline::Config;
+use crate::sys::dm::Target;
 use crate::sys::verity::{self as dmv, OpenRequest};
 use crate::verity::{extra_dm_name, OnError, RootHash, MAIN_DM_NAME};
+
+/// The verity devices this boot set up, with their tables (all `eio`).
+static OPENED: std::sync::Mutex<Vec<(String, Target)>> = std::sync::Mutex::new(Vec::new());
 
 /// Set up the verity device `name` over `data` (the tree on `hash`, at
 /// `hash_offset`) and return the device to mount. The device stays after
@@ -32,6 +36,10 @@ fn open(
         on_error: OnError::Eio,
     })?;
     let path = verified.device.path().to_path_buf();
+    OPENED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((name.to_string(), verified.target));
     log::info!(
         "dm-verity: {} verifies {} (root hash {root_hash})",
         path.display(),
@@ -89,14 +97,8 @@ pub fn arm_on_error(config: &Config, upper: &UpperKind) {
         );
         return;
     }
-    let extras = config.lower_hashes.iter().enumerate();
-    let names = std::iter::once(MAIN_DM_NAME.to_string()).chain(
-        extras
-            .filter(|(_, h)| h.is_some())
-            .map(|(n, _)| extra_dm_name(n)),
-    );
-    for name in names {
-        if let Err(e) = dmv::set_on_error(&name, mode) {
+    for (name, target) in OPENED.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        if let Err(e) = dmv::set_on_error(name, target, mode) {
             log::warn!("dm-verity {name}: still eio, not {}: {e:#}", mode.name());
         }
     }
@@ -112,12 +114,7 @@ pub fn check_init(config: &Config, new_root: &Path, init: &str) -> Result<()> {
     dmv::read_whole(new_root, init).with_context(|| {
         format!(
             "the real init {init} does not read back through dm-verity: a block of it \
-             does not match the verified image (verity status of {MAIN_DM_NAME}: {})",
-            match dmv::describe(MAIN_DM_NAME) {
-                Ok(Some(s)) if s.corrupted => "C, corruption seen",
-                Ok(Some(_)) => "V",
-                _ => "unknown",
-            }
+             does not match the verified image (the kernel log names it)"
         )
     })
 }
