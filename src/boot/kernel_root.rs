@@ -167,6 +167,15 @@ mod tests {
         assert!(err.contains("ovl.image=/images/root.sqsh"), "{err}");
         assert!(err.contains("initramfs mode"), "{err}");
         assert!(check_config(&Config::default(), "/sbin/overlay-init").is_ok());
+        let verified = crate::cmdline::parse(
+            "ovl.verity=4392712ba01368efdf14b05c76f9e4df0d53664630b5d48632ed17a137f39076 \
+             ovl.verity_hashoffset=4096",
+        )
+        .config;
+        let err = check_config(&verified, "/sbin/overlay-init")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ovl.verity= needs initramfs mode"), "{err}");
     }
 
     #[test]
