@@ -106,6 +106,8 @@ struct Images {
     late_flipped: PathBuf,
     init_flipped: PathBuf,
     root_hash: String,
+    /// Where the flipped byte of `late_flipped` is.
+    late_byte: usize,
 }
 
 impl Images {
@@ -135,6 +137,7 @@ impl Images {
             late_flipped,
             init_flipped,
             root_hash,
+            late_byte: late_at + 10,
         }
     }
 
@@ -225,15 +228,20 @@ fn verified_lower_boots_persists_and_a_late_bad_block_gives_eio() {
     assert_output(&second, "KEPT=boot-one");
 }
 
+/// Also `ovl.verity_onerror=restart`: switched on once the boot is counted (the devices are set
+/// up with eio), it restarts the machine when the flipped byte of `/data/late.bin` is read.
 #[test]
 fn appended_trees_image_file_with_hashoffset_and_extra_lower_with_roothash() {
     let scratch = Scratch::new("verity-appended");
     let images = Images::new(&scratch);
-    // The root image file with its tree appended at its own size.
+    // The root image file with its tree appended at its own size, then a byte of
+    // /data/late.bin flipped.
+    let clean = scratch.join("root-clean.img");
+    fs::copy(&images.data, &clean).unwrap();
+    let offset = fs::metadata(&clean).unwrap().len().to_string();
+    let root_hash = veritysetup_format(&clean, &clean, &[&format!("--hash-offset={offset}")]);
     let root_img = scratch.join("root.img");
-    fs::copy(&images.data, &root_img).unwrap();
-    let offset = fs::metadata(&root_img).unwrap().len().to_string();
-    let root_hash = veritysetup_format(&root_img, &root_img, &[&format!("--hash-offset={offset}")]);
+    flipped_copy(&clean, images.late_byte, &root_img);
     // The extra lower: a squashfs with its tree appended, as a disk of its own.
     let extra = extra_lower_image(&scratch);
     let extra_offset = fs::metadata(&extra).unwrap().len().to_string();
@@ -251,14 +259,28 @@ fn appended_trees_image_file_with_hashoffset_and_extra_lower_with_roothash() {
         vec![Disk::ro(&holding), Disk::ro(&extra)],
         format!(
             "root=LABEL=images ovl.image=/images/root.img ovl.verity={root_hash} \
-             ovl.verity_hashoffset={offset} ovl.lower=/dev/vdb@{extra_hash} {}",
+             ovl.verity_hashoffset={offset} ovl.lower=/dev/vdb@{extra_hash} \
+             ovl.verity_onerror=restart {}",
             test_init_args(&format!(
                 "{SHOW_MOUNTS}; echo EXTRA=$(cat /only-in-extra); \
-                 /sbin/overlay-init status"
+                 /sbin/overlay-init status; echo READING-LATE; \
+                 cat /data/late.bin > /dev/null; echo NOT-RESTARTED"
             ))
         ),
     );
-    assert_test_passed(&result);
+    assert_marker(&result, "OVLTEST: pid=");
+    assert_marker(
+        &result,
+        "dm-verity ovl-lower: ovl.verity_onerror=restart from now on",
+    );
+    assert_marker(
+        &result,
+        "dm-verity ovl-lower-1: ovl.verity_onerror=restart from now on",
+    );
+    assert_output(&result, "READING-LATE");
+    assert_no_output(&result, "NOT-RESTARTED");
+    assert_marker(&result, "is corrupted");
+    assert_exit(&result, Exit::Reboot);
     assert_output(&result, "MOUNT /rom squashfs ro /dev/mapper/ovl-lower");
     assert_output(
         &result,

@@ -98,8 +98,12 @@ pub fn arm_on_error(config: &Config, upper: &UpperKind) {
         return;
     }
     for (name, target) in OPENED.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        if let Err(e) = dmv::set_on_error(name, target, mode) {
-            log::warn!("dm-verity {name}: still eio, not {}: {e:#}", mode.name());
+        match dmv::set_on_error(name, target, mode) {
+            Ok(()) => log::info!(
+                "dm-verity {name}: ovl.verity_onerror={} from now on",
+                mode.name()
+            ),
+            Err(e) => log::warn!("dm-verity {name}: still eio, not {}: {e:#}", mode.name()),
         }
     }
 }
