@@ -11,7 +11,9 @@
 //!   `/dev/mapper/ovl-lower`; reading `late.bin` gives EIO and the system stays up;
 //!   `overlay-init status` names the root hash; a second boot keeps a file on the ext4 upper;
 //! - appended trees: an `ovl.image=` file with its tree at `ovl.verity_hashoffset=`, and an
-//!   extra lower disk `ovl.lower=/dev/vdb@ROOTHASH` (its tree found after the squashfs);
+//!   extra lower disk `ovl.lower=/dev/vdb@ROOTHASH` (its tree found after the squashfs), with
+//!   `ovl.verity_onerror=restart`: switched on after the boot is counted, a byte flipped in
+//!   `/data/late.bin` of the image restarts the machine when it is read;
 //! - a wrong root hash: the lower is not mounted, the failure handler names the device and
 //!   the hash, no kernel panic;
 //! - one byte flipped in `/bin/busybox` (what `/sbin/init` links to): the init is read back
