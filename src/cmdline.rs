@@ -8,6 +8,7 @@
 
 use crate::devspec::DeviceSpec;
 use crate::fstype::FsType;
+use crate::verity::RootHash;
 
 /// Default real init inside the new root.
 pub const DEFAULT_INIT: &str = "/sbin/init";
@@ -109,6 +110,11 @@ pub struct Config {
     pub size: Option<TmpfsSize>,
     pub image: Option<String>,
     pub lowers: Vec<LowerSpec>,
+    /// `ovl.lower=SPEC@ROOTHASH`: the root hash of each `lowers` entry, if verified.
+    pub lower_hashes: Vec<Option<RootHash>>,
+    /// `ovl.verity*` as given, and combined (`None`: the main lower is not verified).
+    pub verity_params: crate::verity::Params,
+    pub verity: Option<crate::verity::VerityConfig>,
     pub reset: bool,
     pub failsafe: bool,
     pub failsafe_wait: u32,
@@ -140,6 +146,9 @@ impl Default for Config {
             size: None,
             image: None,
             lowers: Vec::new(),
+            lower_hashes: Vec::new(),
+            verity_params: Default::default(),
+            verity: None,
             reset: false,
             failsafe: false,
             failsafe_wait: 0,
@@ -286,6 +295,10 @@ pub const OVL_PARAMS: &[(&str, OvlParser)] = &[
     ("debug", |c, v, p| p.flag(v, &mut c.debug)),
     ("init", ovl_init),
     ("upgrade", ovl_upgrade),
+    ("verity", crate::verity::ovl_verity),
+    ("verity_hash", crate::verity::ovl_verity_hash),
+    ("verity_hashoffset", crate::verity::ovl_verity_hashoffset),
+    ("verity_onerror", crate::verity::ovl_verity_onerror),
 ];
 
 /// The problems collector for one parameter as written (`raw`).
@@ -451,8 +464,13 @@ fn ovl_lower(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
         None => p.fatal("needs SPEC[,SPEC]: devices or image-file paths"),
         Some(v) => {
             for entry in v.split(',') {
-                match parse_lower(entry) {
-                    Ok(l) => config.lowers.push(l),
+                match crate::verity::parse_lower_entry(entry)
+                    .and_then(|(spec, hash)| Ok((parse_lower(spec)?, hash)))
+                {
+                    Ok((l, hash)) => {
+                        config.lowers.push(l);
+                        config.lower_hashes.push(hash);
+                    }
                     Err(e) => p.fatal(e),
                 }
             }
@@ -649,6 +667,9 @@ fn check_conflicts(config: &mut Config, problems: &mut Vec<Problem>) {
             "needs root= to name the filesystem that holds the image".into(),
         );
     }
+    if let Err(e) = crate::verity::resolve(config) {
+        problem(problems, "ovl.verity", true, e);
+    }
     if let Some(init) = &config.kernel_init {
         config.init = init.clone();
     }
@@ -795,6 +816,52 @@ mod tests {
         assert_eq!(ok("ovl.upper=tmpfs").upper, UpperSpec::Tmpfs);
         assert_eq!(ok("ovl.onfail=shell").onfail, Some(OnFail::Shell));
         assert_eq!(ok("ovl.onfail=reboot").onfail, Some(OnFail::Reboot));
+    }
+
+    #[test]
+    fn verity_parameters() {
+        let hash = "4392712ba01368efdf14b05c76f9e4df0d53664630b5d48632ed17a137f39076";
+        let c = ok(&format!(
+            "root=/dev/vda ovl.verity={hash} ovl.verity_hash=PARTLABEL=hash ovl.verity_onerror=restart \
+             ovl.lower=/dev/vdc@{hash},/img/a.sqsh"
+        ));
+        let v = c.verity.unwrap();
+        assert_eq!(v.root_hash.to_string(), hash);
+        assert_eq!(v.hash_device, Some(DeviceSpec::PartLabel("hash".into())));
+        assert_eq!(v.on_error, crate::verity::OnError::Restart);
+        assert_eq!(
+            c.lowers[0],
+            LowerSpec::Device(DeviceSpec::Path("/dev/vdc".into()))
+        );
+        assert_eq!(c.lower_hashes.len(), 2);
+        assert_eq!(c.lower_hashes[0].as_ref().unwrap().to_string(), hash);
+        assert_eq!(c.lower_hashes[1], None);
+        let c = ok(&format!(
+            "root=/dev/vda ovl.verity-hashoffset=4096 ovl.verity={hash}"
+        ));
+        assert_eq!(c.verity.unwrap().hash_offset, 4096);
+        assert_eq!(ok("root=/dev/vda").verity, None);
+        // Asking for verification and getting it wrong never boots unverified.
+        for bad in [
+            "ovl.verity=xyz ovl.verity_hashoffset=4096",
+            "ovl.verity_hash=/dev/vdb",
+            &format!("ovl.verity={hash}"),
+            &format!("ovl.verity={hash} ovl.verity_hashoffset=1000"),
+            "ovl.lower=/dev/vdc@nothex",
+        ] {
+            let parsed = parse(&format!("root=/dev/vda {bad}"));
+            assert!(parsed.has_fatal(), "{bad}: {:?}", parsed.problems);
+            assert!(parsed.problems[0].param.starts_with("ovl."), "{bad}");
+        }
+        let parsed = parse(&format!(
+            "root=/dev/vda ovl.verity={hash} ovl.verity_hashoffset=4096 ovl.verity_onerror=reboot"
+        ));
+        assert!(!parsed.has_fatal());
+        assert_eq!(parsed.problems[0].param, "ovl.verity_onerror");
+        assert_eq!(
+            parsed.config.verity.unwrap().on_error,
+            crate::verity::OnError::Eio
+        );
     }
 
     #[test]

@@ -138,13 +138,15 @@ pub fn mount_extra_lowers(
     let mut mounted = Vec::new();
     for (n, spec) in config.lowers.iter().enumerate() {
         let target = staging.extra_lower(n);
+        // `SPEC@ROOTHASH`: mounted from a dm-verity device over it.
+        let verify = |data: &Path| crate::boot::verity::extra_lower(config, n, data);
         match spec {
             LowerSpec::Device(_) => {
                 let dev = device_iter.next().context("internal: lower device count")?;
-                mount_lower(dev, None, None, &target)?;
+                mount_lower(&verify(dev)?, None, None, &target)?;
             }
             LowerSpec::File(path) => {
-                mount_image(files_base, path, None, None, &target)?;
+                mount_image_verified(files_base, path, None, None, &target, &verify)?;
             }
         }
         mounted.push(target);
@@ -198,12 +200,26 @@ pub fn mount_image(
     flags: Option<&str>,
     target: &Path,
 ) -> Result<u64> {
+    mount_image_verified(host, path, fstype, flags, target, &|d| Ok(d.to_path_buf()))
+}
+
+/// [`mount_image`], with `verify` mapping the loop device to the device to
+/// mount (a dm-verity device over it).
+pub fn mount_image_verified(
+    host: &Path,
+    path: &str,
+    fstype: Option<FsType>,
+    flags: Option<&str>,
+    target: &Path,
+    verify: &dyn Fn(&Path) -> Result<PathBuf>,
+) -> Result<u64> {
     let file = host.join(path.trim_start_matches('/'));
     if !Path::new("/dev/loop-control").exists() {
         let _ = sys::modules::load_on_demand("loop");
     }
     let loop_dev = sys::loopdev::attach_image(&file)?;
-    let dev = mount_lower(loop_dev.path(), fstype, flags, target)
+    let dev = verify(loop_dev.path())
+        .and_then(|data| mount_lower(&data, fstype, flags, target))
         .with_context(|| format!("image file {path}"))?;
     // The mount holds the device now; autoclear frees it when the mount goes.
     loop_dev.keep();

@@ -46,6 +46,8 @@ pub struct BootState {
     pub boot_attempts: Option<u32>,
     /// `ovl.maxtries` (0 = off).
     pub maxtries: u32,
+    /// The root hash the main lower was verified with (`ovl.verity=`).
+    pub verity: Option<String>,
 }
 
 fn one_line(s: &str) -> String {
@@ -78,6 +80,9 @@ impl BootState {
             line("boot_attempts", &n.to_string());
         }
         line("maxtries", &self.maxtries.to_string());
+        if let Some(h) = &self.verity {
+            line("verity", h);
+        }
         out
     }
 
@@ -98,6 +103,7 @@ impl BootState {
                 "tmpfs_fallback" => state.tmpfs_fallback = Some(value),
                 "boot_attempts" => state.boot_attempts = value.parse().ok(),
                 "maxtries" => state.maxtries = value.parse().unwrap_or_default(),
+                "verity" => state.verity = Some(value),
                 _ => {}
             }
         }
@@ -118,6 +124,10 @@ impl BootState {
                     .into(),
             );
         }
+        lines.push(match &self.verity {
+            Some(h) => format!("lower: verified by dm-verity, root hash {h}"),
+            None => "lower: not verified (no ovl.verity=)".into(),
+        });
         lines.push(format!("upper: {}", self.upper));
         if let Some(why) = &self.tmpfs_fallback {
             lines.push(format!("tmpfs fallback: {why}"));
@@ -270,6 +280,7 @@ mod tests {
             tmpfs_fallback: None,
             boot_attempts: Some(3),
             maxtries: 3,
+            verity: Some("4392712ba01368ef".into()),
         }
     }
 
@@ -278,7 +289,7 @@ mod tests {
         let s = failsafe();
         let text = s.render();
         assert!(text.starts_with("mode=failsafe\n"), "{text}");
-        assert_eq!(text.lines().count(), 6, "{text}");
+        assert_eq!(text.lines().count(), 7, "{text}");
         let back = BootState::parse(&text);
         assert_eq!(back.mode, Mode::Failsafe);
         assert_eq!(
@@ -287,6 +298,7 @@ mod tests {
         );
         assert_eq!(back.upper_device.as_deref(), Some("/dev/vdb"));
         assert_eq!(back.boot_attempts, Some(3));
+        assert_eq!(back.verity.as_deref(), Some("4392712ba01368ef"));
         let normal = BootState {
             upper: "/dev/vdb".into(),
             tmpfs_fallback: None,
@@ -308,6 +320,9 @@ mod tests {
     fn status_says_failsafe_and_why() {
         let lines = failsafe().describe();
         assert!(lines[0].starts_with("mode: failsafe (3 boots"), "{lines:?}");
+        assert!(lines
+            .iter()
+            .any(|l| l == "lower: verified by dm-verity, root hash 4392712ba01368ef"));
         let fallback = BootState {
             upper: "tmpfs".into(),
             upper_device: Some("/dev/vdb".into()),
@@ -317,6 +332,7 @@ mod tests {
         };
         let lines = fallback.describe();
         assert_eq!(lines[0], "mode: normal");
+        assert!(lines.iter().any(|l| l.starts_with("lower: not verified")));
         assert!(lines
             .iter()
             .any(|l| l == "tmpfs fallback: /dev/vdb: no filesystem"));

@@ -12,7 +12,7 @@ use super::{Devices, MainLower};
 use crate::cmdline::{Config, UpperSpec};
 use crate::devspec::DeviceSpec;
 use crate::lower::{
-    find_devices as wait_for_root, lower_device_specs, mount_image,
+    find_devices as wait_for_root, lower_device_specs, mount_image_verified,
     mount_lower as mount_lower_device,
 };
 use crate::overlay::Staging;
@@ -67,30 +67,40 @@ pub fn check_config(config: &Config) -> Result<String> {
 /// upper device (a missing one boots on tmpfs).
 pub fn find_devices(config: &Config) -> Result<Devices> {
     let root_spec = config.root.as_ref().context("root= is missing")?;
-    let lower_devices: Vec<DeviceSpec> = lower_device_specs(config).into_iter().cloned().collect();
+    let mut lower_devices: Vec<DeviceSpec> =
+        lower_device_specs(config).into_iter().cloned().collect();
+    // The ovl.verity_hash= device is waited for like a lower (required).
+    let verity_hash = config.verity.as_ref().and_then(|v| v.hash_device.clone());
+    lower_devices.extend(verity_hash.clone());
     let upper_device = match &config.upper {
         UpperSpec::Device(d) => Some(d),
         UpperSpec::Tmpfs => None,
     };
-    let found = wait_for_root(config, root_spec, upper_device, &lower_devices)?;
+    let mut found = wait_for_root(config, root_spec, upper_device, &lower_devices)?;
+    let verity_hash = verity_hash.and_then(|_| found.lowers.pop());
     Ok(Devices {
         root: Some(found.root),
         upper: found.upper,
         lowers: found.lowers,
+        verity_hash,
     })
 }
 
 /// Mount `root=` read-only at `/rom`; with `ovl.image=`, mount it at the
 /// image's host instead and loop-mount the image file at `/rom`.
+/// With `ovl.verity=`, the lower is mounted from a dm-verity device over
+/// `root=` (or over the image's loop device).
 pub fn mount_lower(config: &Config, devices: &Devices, staging: &Staging) -> Result<MainLower> {
     let root = devices
         .root
         .as_deref()
         .context("internal: root device not resolved")?;
+    let hash = devices.verity_hash.as_deref();
+    let verify = |data: &Path| super::verity::main_lower(config, data, hash);
     let (dev, files_base) = match &config.image {
         None => (
             mount_lower_device(
-                root,
+                &verify(root)?,
                 config.rootfstype,
                 config.rootflags.as_deref(),
                 &staging.rom(),
@@ -102,12 +112,13 @@ pub fn mount_lower(config: &Config, devices: &Devices, staging: &Staging) -> Res
             let host = staging.image_host();
             mount_lower_device(root, None, None, &host)?;
             log::info!("ovl.image={image} on {}", root.display());
-            let dev = mount_image(
+            let dev = mount_image_verified(
                 &host,
                 image,
                 config.rootfstype,
                 config.rootflags.as_deref(),
                 &staging.rom(),
+                &verify,
             )?;
             (dev, host)
         }

@@ -12,6 +12,7 @@ pub mod kernel_root;
 pub mod steps;
 pub mod upgrade;
 pub mod upper;
+pub mod verity;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -133,10 +134,12 @@ pub fn sequence(
     })?;
     t.step("move layers", || mode.move_layers(&staging))?;
     t.step("check init", || {
-        sys::switch::check_init(&staging.root(), &init)
+        sys::switch::check_init(&staging.root(), &init)?;
+        verity::check_init(config, &staging.root(), &init)
     })?;
     t.step("record boot", || {
         upper::record_boot(config, &staging, &upper);
+        verity::arm_on_error(config, &upper);
         Ok(())
     })?;
     t.step("move api mounts", || mode.move_api_mounts(&staging))?;
@@ -164,6 +167,8 @@ pub struct Devices {
     pub upper: Option<PathBuf>,
     /// The `ovl.lower=` devices, in order.
     pub lowers: Vec<PathBuf>,
+    /// The `ovl.verity_hash=` device.
+    pub verity_hash: Option<PathBuf>,
 }
 
 /// The main lower, mounted.

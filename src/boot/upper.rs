@@ -353,6 +353,7 @@ fn boot_state(
         upper: "tmpfs".into(),
         boot_attempts,
         maxtries: config.maxtries,
+        verity: config.verity.as_ref().map(|v| v.root_hash.to_string()),
         ..Default::default()
     };
     match upper {
