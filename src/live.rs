@@ -266,6 +266,41 @@ pub fn toram_progress(copied: u64, total: u64, elapsed: std::time::Duration) -> 
     )
 }
 
+/// How often `ovl.toram` prints a progress line.
+pub const TORAM_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The `size=` of the tmpfs `ovl.toram` copies an image of `image_bytes`
+/// into: the image rounded up to whole MiB, plus one MiB for the directories.
+pub fn toram_tmpfs_size(image_bytes: u64) -> u64 {
+    image_bytes.div_ceil(1 << 20).saturating_add(1) << 20
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes.
+pub fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?;
+    let kib = line.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Where `ovl.upper_create=` looks for the formatter, in the initramfs.
+pub const MKFS_EXT4_PATHS: &[&str] = &[
+    "/sbin/mkfs.ext4",
+    "/usr/sbin/mkfs.ext4",
+    "/bin/mkfs.ext4",
+    "/usr/bin/mkfs.ext4",
+];
+
+/// The label a persistence file made by `ovl.upper_create=` carries.
+pub const PERSISTENCE_LABEL: &str = "persistence";
+
+/// The formatter's arguments for a new persistence file at `file`: ext4
+/// (what `mkfs.ext4` makes), forced since the target is a regular file.
+pub fn mkfs_args(file: &str) -> Vec<&str> {
+    vec!["-F", "-L", PERSISTENCE_LABEL, file]
+}
+
 fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;

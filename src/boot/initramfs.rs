@@ -11,6 +11,7 @@ use super::steps::{mount_api_filesystem, upper_name, API_MOUNTS};
 use super::{Devices, MainLower};
 use crate::cmdline::{Config, UpperSpec};
 use crate::devspec::DeviceSpec;
+use crate::hostmount::{mount_image_host, HostAccess};
 use crate::lower::{
     find_devices as wait_for_root, lower_device_specs, mount_image,
     mount_lower as mount_lower_device,
@@ -70,7 +71,7 @@ pub fn find_devices(config: &Config) -> Result<Devices> {
     let lower_devices: Vec<DeviceSpec> = lower_device_specs(config).into_iter().cloned().collect();
     let upper_device = match &config.upper {
         UpperSpec::Device(d) => Some(d),
-        UpperSpec::Tmpfs => None,
+        UpperSpec::Tmpfs | UpperSpec::File(_) => None,
     };
     let found = wait_for_root(config, root_spec, upper_device, &lower_devices)?;
     Ok(Devices {
@@ -98,12 +99,14 @@ pub fn mount_lower(config: &Config, devices: &Devices, staging: &Staging) -> Res
             staging.rom(),
         ),
         Some(image) => {
-            // root= holds the image file: mount it read-only, loop-mount the file.
+            // root= holds the image file (an ISO, a FAT/exFAT stick, ext4, ...):
+            // mount it read-only, loop-mount the file (from RAM with ovl.toram).
             let host = staging.image_host();
-            mount_lower_device(root, None, None, &host)?;
+            mount_image_host(root, &host, HostAccess::ReadOnly)?;
             log::info!("ovl.image={image} on {}", root.display());
+            let image_dir = crate::boot::live::image_source(config, staging, &host, image)?;
             let dev = mount_image(
-                &host,
+                &image_dir,
                 image,
                 config.rootfstype,
                 config.rootflags.as_deref(),
