@@ -247,7 +247,7 @@ impl LoopDevice {
             let number = get_free_number(control.as_fd())
                 .context("asking /dev/loop-control for a free loop device")?;
             let path = PathBuf::from(format!("/dev/loop{number}"));
-            let device = match open_loop_node(number, &path) {
+            let device = match open_loop_node(number, &path, access) {
                 Ok(device) => device,
                 // ENXIO: the device is being torn down (another process removed or
                 // auto-cleared it after GET_FREE); the next GET_FREE gives another.
@@ -418,8 +418,10 @@ fn configure_legacy(
 
 /// Open `/dev/loopN`, creating the node if devtmpfs has not made it (a /dev
 /// that is a plain directory, or a race with the kernel's node creation).
-fn open_loop_node(number: u32, path: &Path) -> anyhow::Result<OwnedFd> {
-    let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+/// `access` is RDONLY or RDWR: the kernel makes a device configured through a
+/// read-only open read-only, whatever the backing file allows.
+fn open_loop_node(number: u32, path: &Path, access: OFlags) -> anyhow::Result<OwnedFd> {
+    let flags = access | OFlags::CLOEXEC;
     match rustix::fs::open(path, flags, Mode::empty()) {
         Ok(fd) => return Ok(fd),
         Err(Errno::NOENT) => {}
