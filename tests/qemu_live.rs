@@ -39,6 +39,41 @@ fn live_initramfs() -> &'static PathBuf {
     })
 }
 
+/// The live initramfs plus the host's `mkfs.ext4` at `/sbin/mkfs.ext4` with the shared
+/// libraries `ldd` lists (for `ovl.upper_create=`), built once per test process.
+fn live_initramfs_with_mkfs() -> &'static PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let a = artifacts();
+        let mkfs = std::fs::canonicalize("/sbin/mkfs.ext4").expect("mkfs.ext4 (e2fsprogs)");
+        let mut files = vec![format!("{}:/sbin/mkfs.ext4", mkfs.display())];
+        for line in run(Command::new("ldd").arg(&mkfs)).lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            let path = match line.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next(),
+                None => line.split_whitespace().next(),
+            };
+            if let Some(path) = path.filter(|p| p.starts_with('/')) {
+                let source = std::fs::canonicalize(path).unwrap();
+                files.push(format!("{}:{path}", source.display()));
+            }
+        }
+        let out = work_dir().join("initramfs-live-mkfs.cpio.gz");
+        let mut command = Command::new(repo_dir().join("initramfs/build"));
+        command
+            .arg("--init")
+            .arg(&a.init)
+            .arg("--modules")
+            .arg(&a.kernel.modules)
+            .arg("--live");
+        for file in &files {
+            command.arg("--file").arg(file);
+        }
+        run(command.arg("-o").arg(&out));
+        out
+    })
+}
+
 /// A directory tree for a medium: `/live/root.sqsh` (the demo root) plus `extra` files.
 fn medium_tree(scratch: &Scratch, extra: &[(&Path, &str)]) -> PathBuf {
     let tree = scratch.join("medium");
@@ -334,4 +369,36 @@ fn exfat_stick_boots_by_label() {
     assert_live_root(&result, "exfat", "/dev/vda");
     assert_marker(&result, "LABEL=LIVEEXFAT is /dev/vda");
     assert_output(&result, &format!("MOUNT {IMAGE_HOST} exfat ro /dev/vda"));
+}
+
+/// `ovl.upper_create=SIZE`: the persistence file is missing from the FAT stick; the first boot
+/// creates it, formats it with the initramfs's mkfs.ext4 and keeps a change in it.
+#[test]
+fn upper_create_makes_the_missing_persistence_file_on_a_fat_stick() {
+    let scratch = Scratch::new("live-create");
+    let tree = medium_tree(&scratch, &[]);
+    let stick = scratch.join("stick.img");
+    make_fat_stick(&tree, "LIVEUSB", 64, &stick);
+
+    let result = boot(&BootSpec {
+        append: format!(
+            "root=LABEL=LIVEUSB ovl.image=/live/root.sqsh ovl.upper=/live/persist.img \
+             ovl.upper_create=24M ovl.onfail=halt {}",
+            test_init_args(&format!("{SHOW_MOUNTS}; echo created > /etc/created-note"))
+        ),
+        disks: vec![Disk::rw(&stick)],
+        initrd: Initrd::Path(live_initramfs_with_mkfs().clone()),
+        ..Default::default()
+    });
+    assert_test_passed(&result);
+    assert_marker(&result, "ovl.upper_create: creating ");
+    assert_output(&result, "MOUNT /overlay ext4 rw /dev/loop");
+    assert_no_marker(&result, "persistence file not used");
+    let copy = scratch.join("persist-created.img");
+    fat_read(&stick, "/live/persist.img", &copy);
+    assert_eq!(std::fs::metadata(&copy).unwrap().len(), 24 << 20);
+    assert_eq!(
+        ext4_read_file(&copy, "/upper/etc/created-note").as_deref(),
+        Some(&b"created\n"[..])
+    );
 }
