@@ -215,7 +215,9 @@ fn iso_as_a_cdrom_boots_by_uuid() {
 }
 
 /// A FAT stick with `/live/root.sqsh` and `/live/persist.img`: boot 1 writes, boot 2 reads it
-/// back, boot 3 with `ovl.reset` finds it empty; the stick is read-only until the file is used.
+/// back (and the boot counter in the file says 2), boot 3 with `ovl.reset` finds it empty,
+/// boot 4 with `ovl.failsafe` leaves stick and file read-only; the stick is read-only until
+/// the file is used.
 #[test]
 fn fat_stick_by_label_keeps_changes_in_a_persistence_file_and_resets_it() {
     let scratch = Scratch::new("live-fat");
@@ -254,6 +256,8 @@ fn fat_stick_by_label_keeps_changes_in_a_persistence_file_and_resets_it() {
     );
     assert_test_passed(&second);
     assert_output(&second, "NOTE=kept");
+    // The boot counter lives in the file too.
+    assert_marker(&second, "boot attempt 2 since the last");
 
     let third = live_boot(
         &format!("{append} ovl.reset"),
@@ -264,6 +268,26 @@ fn fat_stick_by_label_keeps_changes_in_a_persistence_file_and_resets_it() {
     assert_test_passed(&third);
     assert_output(&third, "DONE");
     assert_no_output(&third, "NOTE-STILL-THERE");
+
+    // Failsafe: the file is attached read-only, the stick stays read-only, changes go to RAM.
+    let fourth = live_boot(
+        &format!("{append} ovl.failsafe"),
+        vec![Disk::rw(&stick)],
+        None,
+        &format!("{SHOW_MOUNTS}; echo lost > /etc/failsafe-note"),
+    );
+    assert_test_passed(&fourth);
+    assert_marker(&fourth, "FAILSAFE boot");
+    assert_marker(
+        &fourth,
+        "persistence file /live/persist.img read-only (failsafe)",
+    );
+    assert_output(&fourth, &format!("MOUNT {IMAGE_HOST} vfat ro /dev/vda"));
+    assert_output(&fourth, "MOUNT /overlay ext4 ro /dev/loop");
+    let copy = scratch.join("persist-after-4.img");
+    fat_read(&stick, "/live/persist.img", &copy);
+    assert_eq!(ext4_read_file(&copy, "/upper/etc/failsafe-note"), None);
+    assert_eq!(ext4_read_file(&copy, "/upper/etc/live-note"), None);
 }
 
 /// `ovl.toram`: the image is copied into RAM, the medium unmounted; the disk is then removed
