@@ -104,11 +104,14 @@ fn copy_with_progress(source: &Path, target: &Path, total: u64) -> Result<()> {
 }
 
 /// The "upper file" step: with `ovl.upper=/PATH`, the persistence file on the
-/// `root=` device `root` (mounted at the image host), loop-attached for the
-/// "upper" step (read-only in an early failsafe boot, where nothing is
-/// written). Any reason it cannot be used is a warning box and `None`: the
-/// boot goes on with a tmpfs upper. The caller drops the device after the
-/// upper step: a mount then holds it (autoclear), else it is detached.
+/// `root=` device `root` (mounted at the image host), loop-attached read-write
+/// for the "upper" step, which treats it as a partition: mounted read-only
+/// first, read-write only when used (in failsafe it stays read-only; the
+/// device is writable as a partition is, so that an ext4 journal left by a
+/// power cut can be replayed — a read-only loop device refuses that mount).
+/// Any reason it cannot be used is a warning box and `None`: the boot goes on
+/// with a tmpfs upper. The caller drops the device after the upper step: a
+/// mount then holds it (autoclear), else it is detached.
 pub fn attach_upper_file(
     config: &Config,
     staging: &Staging,
@@ -151,16 +154,11 @@ fn upper_file(
     };
     let file = host.join(path.trim_start_matches('/'));
     let exists = file.exists();
-    if early_failsafe {
-        if !exists {
-            bail!(
-                "{path} does not exist on {} (failsafe: nothing is created)",
-                root.display()
-            );
-        }
-        log::info!("persistence file {path} read-only (failsafe)");
-        return LoopDevice::attach_read_only(&file, AttachOptions::default())
-            .with_context(|| format!("loop-attach {path}"));
+    if early_failsafe && !exists {
+        bail!(
+            "{path} does not exist on {} (failsafe: nothing is created)",
+            root.display()
+        );
     }
     if !exists && config.upper_create.is_none() {
         bail!(
