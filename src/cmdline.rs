@@ -982,4 +982,64 @@ mod tests {
             let _ = parse(s);
         }
     }
+
+    #[test]
+    fn live_parameters() {
+        let c = ok(
+            "root=LABEL=LIVEUSB ovl.image=/live/root.sqsh ovl.upper=/live/persist.img \
+             ovl.upper_create=1G ovl.toram",
+        );
+        assert_eq!(c.upper, UpperSpec::File("/live/persist.img".into()));
+        assert_eq!(c.upper_create, Some(1 << 30));
+        assert!(c.toram);
+        assert!(!ok("root=/dev/sr0 ovl.image=/a ovl.toram=off").toram);
+        // A device is still a device, /dev paths included.
+        assert!(matches!(
+            ok("ovl.upper=/dev/vdb").upper,
+            UpperSpec::Device(_)
+        ));
+
+        for (cmdline, param, says) in [
+            ("ovl.upper=/live/../x.img", "ovl.upper", "no //, . or .."),
+            ("ovl.upper=/live/", "ovl.upper", "cannot end in /"),
+            (
+                "ovl.upper_create=1M ovl.upper=/p.img",
+                "ovl.upper_create",
+                "too small",
+            ),
+            (
+                "ovl.upper_create=64M",
+                "ovl.upper_create",
+                "only applies to a persistence file",
+            ),
+            ("ovl.upper_create", "ovl.upper_create", "needs a size"),
+            (
+                "root=/dev/vda ovl.toram",
+                "ovl.toram",
+                "only applies to an image file",
+            ),
+            (
+                "root=/dev/vda ovl.image=/a ovl.toram=maybe",
+                "ovl.toram",
+                "not a flag value",
+            ),
+        ] {
+            let parsed = parse(cmdline);
+            assert_eq!(parsed.problems.len(), 1, "{cmdline}: {:?}", parsed.problems);
+            let problem = &parsed.problems[0];
+            assert_eq!(problem.param, param, "{cmdline}");
+            assert!(!problem.fatal, "{cmdline}");
+            assert!(
+                problem.message.contains(says),
+                "{cmdline}: {}",
+                problem.message
+            );
+        }
+        // A bad persistence path leaves a tmpfs upper; a bad size creates nothing.
+        assert_eq!(parse("ovl.upper=/a/./b").config.upper, UpperSpec::Tmpfs);
+        assert_eq!(
+            parse("ovl.upper=/p ovl.upper_create=x").config.upper_create,
+            None
+        );
+    }
 }
