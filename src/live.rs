@@ -249,8 +249,10 @@ pub fn toram_fits(image_bytes: u64, available: u64) -> Result<(), String> {
 /// One progress line of the copy to RAM, e.g.
 /// `toram: 120.0 MiB of 700.0 MiB (17%), 40.0 MiB/s`.
 pub fn toram_progress(copied: u64, total: u64, elapsed: std::time::Duration) -> String {
-    let percent = (copied as u128 * 100)
-        .checked_div(total as u128)
+    // u64 (no u128 formatting in the binary): an image under 184 PB cannot overflow.
+    let percent = copied
+        .saturating_mul(100)
+        .checked_div(total)
         .unwrap_or(100)
         .min(100);
     let secs = elapsed.as_secs_f64();

@@ -12,9 +12,12 @@ use std::process::Command;
 
 use common::{repo_dir, run};
 
-/// Bytes: 733,552 (716 KiB) measured when this limit was set (2026-11-30, Rust 1.95, musl),
-/// plus about 3% (the size moves in 4 KiB steps: the segments are page-aligned).
-const LIMIT: u64 = 740 * 1024;
+/// Bytes: 733,552 (716 KiB) measured when this limit was first set (2026-11-30, Rust 1.95,
+/// musl), plus about 3% (the size moves in 4 KiB steps: the segments are page-aligned); 740 KiB
+/// then. Raised to 752 KiB by issue 19 (live media): main was at 741,744 bytes after the
+/// phase-1 merges, and the live boot (image host, persistence file with its formatter run,
+/// ovl.toram's copy, three parameters) adds 24,576 bytes (766,320).
+const LIMIT: u64 = 752 * 1024;
 /// Issue 17's target, for the message.
 const TARGET: u64 = 400 * 1024;
 
