@@ -33,6 +33,9 @@ pub enum UpperSpec {
     #[default]
     Tmpfs,
     Device(DeviceSpec),
+    /// A persistence file: an ext4 image file at this absolute path on the
+    /// `root=` filesystem that holds `ovl.image=` (see `boot::live`).
+    File(String),
 }
 
 /// One `ovl.lower=` entry: a block device, or an image file on the `root=` filesystem.
@@ -109,6 +112,10 @@ pub struct Config {
     pub upperfstype: Option<FsType>,
     pub size: Option<TmpfsSize>,
     pub image: Option<String>,
+    /// `ovl.upper_create=SIZE`: create a missing persistence file of this size.
+    pub upper_create: Option<u64>,
+    /// `ovl.toram`: copy the `ovl.image=` file into RAM before mounting it.
+    pub toram: bool,
     pub lowers: Vec<LowerSpec>,
     /// `ovl.lower=SPEC@ROOTHASH`: the root hash of each `lowers` entry, if verified.
     pub lower_hashes: Vec<Option<RootHash>>,
@@ -145,6 +152,8 @@ impl Default for Config {
             upperfstype: None,
             size: None,
             image: None,
+            upper_create: None,
+            toram: false,
             lowers: Vec::new(),
             lower_hashes: Vec::new(),
             verity_params: Default::default(),
@@ -284,6 +293,8 @@ pub const OVL_PARAMS: &[(&str, OvlParser)] = &[
     ("upperfstype", ovl_upperfstype),
     ("size", ovl_size),
     ("image", ovl_image),
+    ("upper_create", ovl_upper_create),
+    ("toram", ovl_toram),
     ("lower", ovl_lower),
     ("reset", |c, v, p| p.flag(v, &mut c.reset)),
     ("failsafe", |c, v, p| p.flag(v, &mut c.failsafe)),
@@ -420,15 +431,31 @@ fn apply_ovl(
 }
 
 fn ovl_upper(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
-    match value {
-        Some("tmpfs") => config.upper = UpperSpec::Tmpfs,
-        Some(v) => match DeviceSpec::parse(v) {
-            Ok(spec) => config.upper = UpperSpec::Device(spec),
-            Err(e) => p.warn(format!(
-                "{e} (or tmpfs); using a tmpfs upper, nothing persists"
-            )),
-        },
-        None => p.warn("needs tmpfs or a device; using a tmpfs upper"),
+    use crate::live::UpperTarget;
+    match value.map(crate::live::parse_upper) {
+        Some(Ok(UpperTarget::Tmpfs)) => config.upper = UpperSpec::Tmpfs,
+        Some(Ok(UpperTarget::Device(spec))) => config.upper = UpperSpec::Device(spec),
+        Some(Ok(UpperTarget::File(path))) => config.upper = UpperSpec::File(path),
+        Some(Err(e)) => p.warn(format!(
+            "{}; using a tmpfs upper, nothing persists",
+            e.message
+        )),
+        None => p.warn("needs tmpfs, a device or a persistence file path; using a tmpfs upper"),
+    }
+}
+
+fn ovl_upper_create(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match value.map(crate::live::parse_upper_create) {
+        Some(Ok(bytes)) => config.upper_create = Some(bytes),
+        Some(Err(e)) => p.warn(format!("{}; no persistence file is created", e.message)),
+        None => p.warn("needs a size such as 256M; no persistence file is created"),
+    }
+}
+
+fn ovl_toram(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match crate::live::parse_toram(value) {
+        Ok(on) => config.toram = on,
+        Err(e) => p.warn(format!("{}; the image is read from the medium", e.message)),
     }
 }
 
@@ -641,6 +668,24 @@ fn check_conflicts(config: &mut Config, problems: &mut Vec<Problem>) {
             "ignored with ovl.failsafe: a failsafe boot never resets anything".into(),
         );
         config.reset = false;
+    }
+    if config.upper_create.is_some() && !matches!(config.upper, UpperSpec::File(_)) {
+        problem(
+            problems,
+            "ovl.upper_create",
+            false,
+            "only applies to a persistence file (ovl.upper=/PATH); ignored".into(),
+        );
+        config.upper_create = None;
+    }
+    if config.toram && config.image.is_none() {
+        problem(
+            problems,
+            "ovl.toram",
+            false,
+            "only applies to an image file (ovl.image=PATH); ignored".into(),
+        );
+        config.toram = false;
     }
     if config.size.is_some() && matches!(config.upper, UpperSpec::Device(_)) {
         problem(
@@ -1014,5 +1059,65 @@ mod tests {
         ] {
             let _ = parse(s);
         }
+    }
+
+    #[test]
+    fn live_parameters() {
+        let c = ok(
+            "root=LABEL=LIVEUSB ovl.image=/live/root.sqsh ovl.upper=/live/persist.img \
+             ovl.upper_create=1G ovl.toram",
+        );
+        assert_eq!(c.upper, UpperSpec::File("/live/persist.img".into()));
+        assert_eq!(c.upper_create, Some(1 << 30));
+        assert!(c.toram);
+        assert!(!ok("root=/dev/sr0 ovl.image=/a ovl.toram=off").toram);
+        // A device is still a device, /dev paths included.
+        assert!(matches!(
+            ok("ovl.upper=/dev/vdb").upper,
+            UpperSpec::Device(_)
+        ));
+
+        for (cmdline, param, says) in [
+            ("ovl.upper=/live/../x.img", "ovl.upper", "no //, . or .."),
+            ("ovl.upper=/live/", "ovl.upper", "cannot end in /"),
+            (
+                "ovl.upper_create=1M ovl.upper=/p.img",
+                "ovl.upper_create",
+                "too small",
+            ),
+            (
+                "ovl.upper_create=64M",
+                "ovl.upper_create",
+                "only applies to a persistence file",
+            ),
+            ("ovl.upper_create", "ovl.upper_create", "needs a size"),
+            (
+                "root=/dev/vda ovl.toram",
+                "ovl.toram",
+                "only applies to an image file",
+            ),
+            (
+                "root=/dev/vda ovl.image=/a ovl.toram=maybe",
+                "ovl.toram",
+                "not a flag value",
+            ),
+        ] {
+            let parsed = parse(cmdline);
+            assert_eq!(parsed.problems.len(), 1, "{cmdline}: {:?}", parsed.problems);
+            let problem = &parsed.problems[0];
+            assert_eq!(problem.param, param, "{cmdline}");
+            assert!(!problem.fatal, "{cmdline}");
+            assert!(
+                problem.message.contains(says),
+                "{cmdline}: {}",
+                problem.message
+            );
+        }
+        // A bad persistence path leaves a tmpfs upper; a bad size creates nothing.
+        assert_eq!(parse("ovl.upper=/a/./b").config.upper, UpperSpec::Tmpfs);
+        assert_eq!(
+            parse("ovl.upper=/p ovl.upper_create=x").config.upper_create,
+            None
+        );
     }
 }

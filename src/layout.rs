@@ -63,6 +63,8 @@ pub const SHADOWED_FILE: &str = "/run/overlay-init/shadowed";
 pub const FAILSAFE_UPPER: &str = "failsafe-upper";
 /// In [`RUN_DIR`]: the filesystem holding an `ovl.image=` file.
 pub const IMAGE_HOST: &str = "image-host";
+/// In [`RUN_DIR`]: the tmpfs holding the `ovl.image=` file copied by `ovl.toram`.
+pub const TORAM: &str = "toram";
 
 /// In [`RUN_DIR`]: extra lower number `n` (0-based, in `ovl.lower=` order).
 pub fn extra_lower_name(n: usize) -> String {

@@ -152,6 +152,7 @@ fn router_boot(dir: &Path, with_run: bool) {
             "staging",
             "lower",
             "extra lowers",
+            "upper file",
             "upper",
             "upper dirs",
             "overlay",

@@ -11,6 +11,7 @@ use super::steps::{mount_api_filesystem, upper_name, API_MOUNTS};
 use super::{Devices, MainLower};
 use crate::cmdline::{Config, UpperSpec};
 use crate::devspec::DeviceSpec;
+use crate::hostmount::{mount_image_host, HostAccess};
 use crate::lower::{
     find_devices as wait_for_root, lower_device_specs, mount_image_verified,
     mount_lower as mount_lower_device,
@@ -74,7 +75,7 @@ pub fn find_devices(config: &Config) -> Result<Devices> {
     lower_devices.extend(verity_hash.clone());
     let upper_device = match &config.upper {
         UpperSpec::Device(d) => Some(d),
-        UpperSpec::Tmpfs => None,
+        UpperSpec::Tmpfs | UpperSpec::File(_) => None,
     };
     let mut found = wait_for_root(config, root_spec, upper_device, &lower_devices)?;
     let verity_hash = verity_hash.and_then(|_| found.lowers.pop());
@@ -108,12 +109,14 @@ pub fn mount_lower(config: &Config, devices: &Devices, staging: &Staging) -> Res
             staging.rom(),
         ),
         Some(image) => {
-            // root= holds the image file: mount it read-only, loop-mount the file.
+            // root= holds the image file (an ISO, a FAT/exFAT stick, ext4, ...):
+            // mount it read-only, loop-mount the file (from RAM with ovl.toram).
             let host = staging.image_host();
-            mount_lower_device(root, None, None, &host)?;
+            mount_image_host(root, &host, HostAccess::ReadOnly)?;
             log::info!("ovl.image={image} on {}", root.display());
+            let image_dir = crate::boot::live::image_source(config, staging, &host, image)?;
             let dev = mount_image_verified(
-                &host,
+                &image_dir,
                 image,
                 config.rootfstype,
                 config.rootflags.as_deref(),

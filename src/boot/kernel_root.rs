@@ -105,7 +105,7 @@ pub fn find_devices(config: &Config) -> Result<Devices> {
     let lowers = lower::lower_device_specs(config);
     let upper = match &config.upper {
         UpperSpec::Device(d) => Some(d),
-        UpperSpec::Tmpfs => None,
+        UpperSpec::Tmpfs | UpperSpec::File(_) => None,
     };
     if lowers.is_empty() && upper.is_none() {
         return Ok(Devices::default());

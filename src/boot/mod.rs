@@ -9,6 +9,7 @@
 pub mod failure;
 pub mod initramfs;
 pub mod kernel_root;
+pub mod live;
 pub mod steps;
 pub mod upgrade;
 pub mod upper;
@@ -112,10 +113,17 @@ pub fn sequence(
     lowers.extend(t.step("extra lowers", || {
         lower::mount_extra_lowers(config, &devices.lowers, &main.files_base, &staging)
     })?);
+    let upper_file = t.step("upper file", || {
+        let root = devices.root.as_deref();
+        live::attach_upper_file(config, &staging, root, early_failsafe.is_some())
+    })?;
     let device = devices.upper.as_deref();
+    let device = device.or(upper_file.as_ref().map(|file| file.path()));
     let mut upper = t.step("upper", || {
         upper::mount_upper(config, &staging, device, early_failsafe)
     })?;
+    // Mounted, the loop device stays (autoclear); unused, it is detached.
+    drop(upper_file);
     if let UpperKind::Persistent(_) = &upper {
         t.step("upgrade", || {
             upgrade::check_lowers(config, &staging, &lowers)

@@ -60,6 +60,7 @@ pub fn upper_name(config: &Config) -> String {
     match &config.upper {
         UpperSpec::Tmpfs => "tmpfs".to_string(),
         UpperSpec::Device(d) => d.to_string(),
+        UpperSpec::File(path) => path.clone(),
     }
 }
 
@@ -122,6 +123,13 @@ pub const ON_DEMAND_MODULES: &[&str] = &[
     // The device-mapper stack (and what only it needs), only for `ovl.verity=`:
     // crate::verity::MODULES.
     "dm_verity",
+    // Image hosts (`ovl.image=` on an ISO or a FAT/exFAT stick, the `--live`
+    // preset): hostmount::mount_image_host loads the one it mounts.
+    "isofs",
+    "vfat",
+    "exfat",
+    "nls_cp437",
+    "nls_ascii",
 ];
 
 /// Load the kernel modules the module index lists, if there is one

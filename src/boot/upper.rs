@@ -346,6 +346,7 @@ fn boot_state(
     use crate::state::{BootState, Mode};
     let named_device = match &config.upper {
         UpperSpec::Device(d) => Some(d.to_string()),
+        UpperSpec::File(path) => Some(path.clone()),
         UpperSpec::Tmpfs => None,
     };
     let mut state = BootState {

@@ -30,6 +30,14 @@ pub fn mount_fs(
     })
 }
 
+/// `mount -o remount,FLAGS[,DATA] TARGET`: the flags replace the mount's
+/// (read-write unless `flags` holds RDONLY).
+pub fn remount(target: &Path, flags: MountFlags, data: &str) -> Result<()> {
+    let data_c = std::ffi::CString::new(data).context("mount options contain a NUL byte")?;
+    rustix::mount::mount_remount(target, flags, data_c.as_c_str())
+        .with_context(|| format!("remount {}", target.display()))
+}
+
 /// Move a mount (`mount --move`), creating TARGET if missing.
 pub fn move_mount(from: &Path, to: &Path) -> Result<()> {
     ensure_dir(to)?;

@@ -433,6 +433,8 @@ pub struct BootSpec {
     pub append: String,
     /// vda, vdb, ... in order.
     pub disks: Vec<Disk>,
+    /// A CD-ROM image (`qemu/run --cdrom`: /dev/sr0 on x86_64).
+    pub cdrom: Option<PathBuf>,
     /// Hard bound for the whole boot (scaled by `OVL_QEMU_TIMEOUT_SCALE`). The same on every
     /// architecture: an aarch64 boot (virt, no firmware) takes no longer under TCG than an
     /// x86_64 one (pc, SeaBIOS) here.
@@ -453,6 +455,7 @@ impl Default for BootSpec {
             arch: Arch::X86_64,
             append: String::new(),
             disks: Vec::new(),
+            cdrom: None,
             timeout: BOOT_TIMEOUT,
             initrd: Initrd::Default,
             kernel: None,
@@ -749,6 +752,9 @@ pub fn boot(spec: &BootSpec) -> BootResult {
     };
     for disk in &spec.disks {
         command.arg("--disk").arg(disk.spec());
+    }
+    if let Some(cdrom) = &spec.cdrom {
+        command.arg("--cdrom").arg(cdrom);
     }
     if !spec.append.is_empty() {
         command.arg("--append").arg(&spec.append);
