@@ -21,7 +21,9 @@ pub fn check_init(new_root: &Path, init: &str) -> Result<()> {
     let fd = openat2(
         &root,
         init,
-        OFlags::RDONLY | OFlags::CLOEXEC,
+        // O_NONBLOCK: a FIFO at the init path must not block PID 1 (the
+        // type is checked next, before anything is read).
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
         Mode::empty(),
         ResolveFlags::IN_ROOT,
     )
@@ -132,4 +134,35 @@ pub fn exec_init(init: &str, args: &[OsString]) -> anyhow::Error {
         std::io::Error::last_os_error()
     };
     anyhow::Error::new(err).context(context())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_init_does_not_block_on_a_fifo() {
+        let root = std::env::temp_dir().join(format!("ovl-check-init-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("sbin")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &root.join("sbin/init"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o755),
+            0,
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = root.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(check_init(&r, "/sbin/init").map_err(|e| format!("{e:#}")));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("check_init blocked on a FIFO");
+        let err = result.unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
