@@ -12,6 +12,7 @@ pub mod boot;
 pub mod bootcount;
 pub mod cli;
 pub mod cmdline;
+pub mod cmdline_bytes;
 pub mod devices;
 pub mod devspec;
 pub mod executable;
