@@ -32,6 +32,7 @@ pub mod probe;
 pub mod reset;
 pub mod router;
 pub mod state;
+pub mod staterepair;
 pub mod sys;
 pub mod timeline;
 pub mod uevent;

@@ -10,8 +10,11 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use netns_support::{in_private_mount_namespace, Ext4, Loop};
+use overlay_init::boot::upper::{self, UpperKind};
 use overlay_init::cmdline;
 use overlay_init::devspec::DeviceSpec;
+use overlay_init::overlay::Staging;
 
 /// Runs `f` in a thread; a call still running after `limit` fails the test
 /// instead of hanging it.
@@ -47,4 +50,136 @@ fn rootwait_does_not_wait_forever_for_a_missing_upper() {
         waited >= Duration::from_secs(29),
         "gave up early: {waited:?}"
     );
+}
+
+/// An ext4 upper made from `files` (path, contents) plus `upper/` and `work/`,
+/// on a loop device, and a staging directory to mount it in.
+fn persistent_upper(dir: &std::path::Path, files: &[(&str, &str)]) -> (Loop, Staging) {
+    let src = dir.join("upper-src");
+    netns_support::tree(&src, files);
+    for d in ["upper", "work"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    let image = dir.join("upper.ext4");
+    Ext4::mib(16).contents(&src).write_to(&image);
+    let dev = Loop::attach(&image, false);
+    let staging = Staging::new(dir.join("staging"), dir.join("keep"));
+    std::fs::create_dir_all(staging.upper_fs()).unwrap();
+    std::fs::create_dir_all(&staging.keep_dir).unwrap();
+    (dev, staging)
+}
+
+fn config(cmdline: &str) -> cmdline::Config {
+    let parsed = cmdline::parse(cmdline);
+    assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
+    parsed.config
+}
+
+/// `.overlay-init` as a plain file used to give a tmpfs fallback on every
+/// boot: now the upper is used, the file is moved into the trash, and the boot
+/// is counted.
+#[test]
+fn a_state_dir_that_is_a_file_is_repaired_and_the_boot_stays_persistent() {
+    in_private_mount_namespace(
+        "a_state_dir_that_is_a_file_is_repaired_and_the_boot_stays_persistent",
+        |dir| {
+            let (dev, staging) = persistent_upper(dir, &[(".overlay-init", "junk\n")]);
+            let config = config("ovl.maxtries=3");
+            let kind = upper::mount_upper(&config, &staging, Some(&dev.dev), None).unwrap();
+            assert_eq!(kind, UpperKind::Persistent(dev.dev.clone()));
+            assert_eq!(upper::record_boot(&config, &staging, &kind), Some(1));
+            let state = staging.upper_fs().join(".overlay-init");
+            assert!(std::fs::symlink_metadata(&state).unwrap().is_dir());
+            let trash: Vec<_> = std::fs::read_dir(state.join("trash"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            assert_eq!(trash.len(), 1, "{trash:?}");
+            assert_eq!(
+                std::fs::read_to_string(trash[0].join(".overlay-init")).unwrap(),
+                "junk\n"
+            );
+        },
+    );
+}
+
+/// `reset-request` as a directory: not obeyed (nor a reason to give the upper
+/// up), moved aside; the reset step then finds nothing pending.
+#[test]
+fn a_reset_request_that_is_a_directory_is_moved_aside() {
+    in_private_mount_namespace(
+        "a_reset_request_that_is_a_directory_is_moved_aside",
+        |dir| {
+            let (dev, staging) = persistent_upper(
+                dir,
+                &[
+                    (".overlay-init/reset-request/x", "odd\n"),
+                    ("upper/etc/kept", "kept\n"),
+                ],
+            );
+            let config = config("");
+            let kind = upper::mount_upper(&config, &staging, Some(&dev.dev), None).unwrap();
+            assert_eq!(kind, UpperKind::Persistent(dev.dev.clone()));
+            upper::record_boot(&config, &staging, &kind);
+            let kind = upper::apply_reset(&config, &staging, &dev.dev, 0).unwrap();
+            assert_eq!(kind, UpperKind::Persistent(dev.dev.clone()));
+            let fs = staging.upper_fs();
+            assert!(!fs.join(".overlay-init/reset-request").exists());
+            assert_eq!(
+                std::fs::read_to_string(fs.join("upper/etc/kept")).unwrap(),
+                "kept\n"
+            );
+        },
+    );
+}
+
+/// With the counter at its limit, `ovl.reset` is applied (not ignored), the
+/// counter cleared, and the boot is normal.
+#[test]
+fn ovl_reset_beats_the_boot_loop_failsafe() {
+    in_private_mount_namespace("ovl_reset_beats_the_boot_loop_failsafe", |dir| {
+        let (dev, staging) = persistent_upper(
+            dir,
+            &[
+                (".overlay-init/bootcount", "attempts=3\n"),
+                ("upper/etc/broken", "bad config\n"),
+            ],
+        );
+        let config = config("ovl.maxtries=3 ovl.reset");
+        let kind = upper::mount_upper(&config, &staging, Some(&dev.dev), None).unwrap();
+        assert_eq!(kind, UpperKind::Persistent(dev.dev.clone()));
+        assert_eq!(upper::record_boot(&config, &staging, &kind), Some(1));
+        let kind = upper::apply_reset(&config, &staging, &dev.dev, 0).unwrap();
+        assert_eq!(kind, UpperKind::Persistent(dev.dev.clone()));
+        assert!(!staging.upper_fs().join("upper/etc/broken").exists());
+    });
+}
+
+/// `ovl.failsafe` (explicit) never resets, whatever else asks.
+#[test]
+fn ovl_failsafe_with_ovl_reset_still_resets_nothing() {
+    in_private_mount_namespace("ovl_failsafe_with_ovl_reset_still_resets_nothing", |dir| {
+        let (dev, staging) = persistent_upper(
+            dir,
+            &[
+                (".overlay-init/bootcount", "attempts=3\n"),
+                (".overlay-init/reset-request", "requested-by=test\n"),
+                ("upper/etc/broken", "bad config\n"),
+            ],
+        );
+        // The parser already reports `ovl.reset` as ignored here; the pending
+        // request stays.
+        let config = cmdline::parse("ovl.maxtries=3 ovl.reset ovl.failsafe").config;
+        let early = overlay_init::failsafe::early_reason(&config, false);
+        let kind = upper::mount_upper(&config, &staging, Some(&dev.dev), early).unwrap();
+        assert!(matches!(kind, UpperKind::Failsafe { .. }), "{kind:?}");
+        assert_eq!(upper::record_boot(&config, &staging, &kind), None);
+        let fs = staging.upper_fs();
+        assert!(fs.join("upper/etc/broken").exists());
+        assert!(fs.join(".overlay-init/reset-request").exists());
+        assert_eq!(
+            std::fs::read_to_string(fs.join(".overlay-init/bootcount")).unwrap(),
+            "attempts=3\n"
+        );
+    });
 }

@@ -153,11 +153,12 @@ fn router_boot(dir: &Path, with_run: bool) {
             "lower",
             "extra lowers",
             "upper",
+            "record boot",
             "upper dirs",
             "overlay",
             "move layers",
             "check init",
-            "record boot",
+            "boot state",
             "move api mounts",
             "switch root",
         ]

@@ -114,6 +114,11 @@ pub fn sequence(
     let mut upper = t.step("upper", || {
         upper::mount_upper(config, &staging, device, early_failsafe)
     })?;
+    // Counted as soon as the upper is read-write, before anything uses it: an
+    // upper that breaks a later step still counts towards `ovl.maxtries`.
+    let attempts = t.step("record boot", || {
+        Ok(upper::record_boot(config, &staging, &upper))
+    })?;
     if let UpperKind::Persistent(dev) = &upper {
         upper = t.step("reset", || {
             upper::apply_reset(config, &staging, dev, main.dev)
@@ -129,8 +134,8 @@ pub fn sequence(
     t.step("check init", || {
         sys::switch::check_init(&staging.root(), &init)
     })?;
-    t.step("record boot", || {
-        upper::record_boot(config, &staging, &upper);
+    t.step("boot state", || {
+        upper::write_boot_state(config, &upper, attempts);
         Ok(())
     })?;
     t.step("move api mounts", || mode.move_api_mounts(&staging))?;
