@@ -183,3 +183,35 @@ fn ovl_failsafe_with_ovl_reset_still_resets_nothing() {
         );
     });
 }
+
+/// A panic in the trash-wipe child runs the child's own hook (log and exit),
+/// never PID 1's (which reboots or opens a root shell). The test stands in a
+/// hook for PID 1's that leaves a mark; it runs alone in its own process.
+#[test]
+fn a_panic_in_the_background_child_never_runs_pid1s_hook() {
+    in_private_mount_namespace(
+        "a_panic_in_the_background_child_never_runs_pid1s_hook",
+        |dir| {
+            let mark = dir.join("pid1-hook-ran");
+            let m = mark.clone();
+            std::panic::set_hook(Box::new(move |_| {
+                let _ = std::fs::write(&m, "failure handler\n");
+            }));
+            let pid = overlay_init::sys::process::spawn_detached(c"ovl-test-child", || {
+                panic!("boom in the child")
+            })
+            .unwrap();
+            let _ = std::panic::take_hook();
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            let got = unsafe { libc::waitpid(pid, &mut status, 0) };
+            assert_eq!(got, pid);
+            assert!(libc::WIFEXITED(status), "status {status:#x}");
+            assert_eq!(
+                libc::WEXITSTATUS(status),
+                overlay_init::sys::process::CHILD_PANIC_EXIT
+            );
+            assert!(!mark.exists(), "PID 1's panic hook ran in the child");
+        },
+    );
+}
