@@ -215,3 +215,35 @@ fn a_panic_in_the_background_child_never_runs_pid1s_hook() {
         },
     );
 }
+
+/// On a read-only filesystem the wipe stops at the first `EROFS`: a count and
+/// the first few paths, not one failure (and one console warning) per file.
+#[test]
+fn the_wipe_stops_at_the_first_filesystem_wide_error() {
+    in_private_mount_namespace("the_wipe_stops_at_the_first_filesystem_wide_error", |dir| {
+        use overlay_init::sys::{dirfd, wipe};
+        let target = dir.join("ro");
+        std::fs::create_dir_all(&target).unwrap();
+        let _tmpfs = netns_support::Mounted::tmpfs(&target);
+        for d in 0..10 {
+            let sub = target.join(format!("d{d}"));
+            std::fs::create_dir(&sub).unwrap();
+            for f in 0..100 {
+                std::fs::write(sub.join(format!("f{f}")), "x").unwrap();
+            }
+        }
+        rustix::mount::mount_remount(&target, rustix::mount::MountFlags::RDONLY, "").unwrap();
+        let fd = dirfd::open_dir(&target).unwrap();
+        let report = wipe::wipe_contents(std::os::fd::AsFd::as_fd(&fd), &target).unwrap();
+        assert!(
+            report
+                .stopped
+                .as_deref()
+                .is_some_and(|s| s.contains("Read-only")),
+            "{report:?}"
+        );
+        assert!(report.failure_count <= 2, "kept going: {report:?}");
+        assert!(report.failures.len() <= wipe::FAILURES_LISTED, "{report:?}");
+        assert!(!report.is_complete());
+    });
+}

@@ -71,7 +71,7 @@ pub fn free_initramfs() -> Result<FreeStats> {
     }
     Ok(FreeStats {
         removed: report.removed,
-        kept: (report.mount_points_left.len() + report.failures.len()) as u64,
+        kept: report.mount_points_left.len() as u64 + report.failure_count,
     })
 }
 
