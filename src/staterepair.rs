@@ -251,7 +251,7 @@ mod tests {
         fs::create_dir_all(state.join("reset-request")).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &state.join("bootcount"),
+            state.join("bootcount"),
             FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o600),
             0,

@@ -247,3 +247,46 @@ fn the_wipe_stops_at_the_first_filesystem_wide_error() {
         assert!(!report.is_complete());
     });
 }
+
+/// An upper filled by root into ext4's reserve (`f_bavail` 0, `f_bfree` not):
+/// root can still write there, so the upper is used (with a warning), not
+/// given up for a tmpfs with factory settings.
+#[test]
+fn an_upper_filled_into_roots_reserve_is_still_used() {
+    in_private_mount_namespace("an_upper_filled_into_roots_reserve_is_still_used", |dir| {
+        let (dev, staging) = persistent_upper(dir, &[("upper/etc/kept", "kept\n")]);
+        // 10% reserved for root; fill as root, then free 2 MiB: all of it below
+        // the reserve line.
+        netns_support::run(
+            std::process::Command::new("tune2fs")
+                .args(["-m", "10"])
+                .arg(&dev.dev),
+        );
+        let fill = dir.join("fill");
+        std::fs::create_dir_all(&fill).unwrap();
+        {
+            let _m = netns_support::Mounted::with_mount_command(&[dev.dev.as_os_str()], &fill);
+            std::fs::write(fill.join("upper/spare"), vec![0u8; 2 << 20]).unwrap();
+            let _ = std::process::Command::new("dd")
+                .arg("if=/dev/zero")
+                .arg(format!("of={}", fill.join("upper/fill").display()))
+                .args(["bs=64k", "status=none"])
+                .status();
+            std::fs::remove_file(fill.join("upper/spare")).unwrap();
+            let st = rustix::fs::statvfs(&fill).unwrap();
+            assert!(
+                st.f_bavail * st.f_frsize < 512 << 10,
+                "not into the reserve: {} free for users",
+                st.f_bavail * st.f_frsize
+            );
+            assert!(
+                st.f_bfree * st.f_frsize >= 1 << 20,
+                "no reserve left: {} free",
+                st.f_bfree * st.f_frsize
+            );
+        }
+        let config = config("");
+        let kind = upper::mount_upper(&config, &staging, Some(&dev.dev), None).unwrap();
+        assert_eq!(kind, UpperKind::Persistent(dev.dev.clone()));
+    });
+}

@@ -165,12 +165,43 @@ pub fn mount_overlay(
             if sys::mount::is_mountpoint(&root) {
                 sys::mount::umount(&root, false)?;
             }
+            // work/ holds only what overlayfs left mid-operation: empty it
+            // (frees space on a full upper, clears a stuck entry) and try once more.
+            log::warn!(
+                "overlay on {} failed: {why:#}; recreating work/ and retrying",
+                dev.display()
+            );
+            match recreate_work(&work)
+                .and_then(|()| overlay::mount_overlay(lowers, &upper, &work, &root))
+            {
+                Ok(()) => return Ok(()),
+                Err(again) => {
+                    log::warn!("overlay on {} failed again: {again:#}", dev.display());
+                    if sys::mount::is_mountpoint(&root) {
+                        sys::mount::umount(&root, false)?;
+                    }
+                }
+            }
             *kind = degrade_to_tmpfs(config, staging, &dev.clone(), &why, true)?;
             let (upper, work) = overlay::prepare_upper_dirs(&staging.upper_fs())?;
             overlay::mount_overlay(lowers, &upper, &work, &root)
         }
         (Err(why), _) => Err(why),
     }
+}
+
+/// Empty the overlay's `work/` (never following a symlink, never crossing a mount).
+fn recreate_work(work: &Path) -> Result<()> {
+    let fd = sys::dirfd::open_dir(work)?;
+    let report = sys::wipe::wipe_contents(std::os::fd::AsFd::as_fd(&fd), work)?;
+    if !report.is_complete() {
+        bail!(
+            "{} could not be emptied: {:?}",
+            work.display(),
+            report.failures
+        );
+    }
+    Ok(())
 }
 
 /// A failsafe boot must not go unnoticed: a box on the console, and the log.
@@ -277,11 +308,23 @@ fn mount_persistent_upper(
             );
             clear_counter = true;
         }
-        // A reset about to run frees the space: it is no reason to fall back.
-        if let Some(full) = sys::upperfs::free_space(target)?.full_reason() {
+        // "Full" is no reason to give the upper up (a remote router would boot
+        // in factory state): only an overlay that will not mount, or a work/
+        // that cannot be made, falls back. Judged as root (its reserve counts).
+        let space = sys::upperfs::free_space(target)?;
+        if let Some(full) = space.full_reason() {
             if !reset_coming {
-                bail!("{}: {full}", dev.display());
+                log::warn!(
+                    "upper {}: {full}; used anyway (the overlay mount decides)",
+                    dev.display()
+                );
             }
+        } else if space.in_reserve() {
+            log::warn!(
+                "upper {}: only root's reserved blocks are free ({} KiB); free some space",
+                dev.display(),
+                space.bytes / 1024
+            );
         }
         sys::upperfs::remount_read_write(target, dev)?;
         if clear_counter {

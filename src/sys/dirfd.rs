@@ -302,7 +302,7 @@ mod tests {
         let (dir, _) = scratch("fifo");
         rustix::fs::mknodat(
             CWD,
-            &dir.join("bootcount"),
+            dir.join("bootcount"),
             FileType::Fifo,
             Mode::from_raw_mode(0o600),
             0,
@@ -350,7 +350,7 @@ mod tests {
         let (dir, _) = scratch("fifotmp");
         rustix::fs::mknodat(
             CWD,
-            &dir.join("state.tmp"),
+            dir.join("state.tmp"),
             FileType::Fifo,
             Mode::from_raw_mode(0o600),
             0,

@@ -147,7 +147,7 @@ mod tests {
         std::fs::create_dir_all(root.join("sbin")).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &root.join("sbin/init"),
+            root.join("sbin/init"),
             FileType::Fifo,
             Mode::from_raw_mode(0o755),
             0,
