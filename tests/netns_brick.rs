@@ -290,3 +290,53 @@ fn an_upper_filled_into_roots_reserve_is_still_used() {
         assert_eq!(kind, UpperKind::Persistent(dev.dev.clone()));
     });
 }
+
+/// The handover in systemd's order, against the kernel: a tmpfs stands in for
+/// the initramfs (chrooted into), a second tmpfs inside it for the new root.
+/// A switch that fails leaves the initramfs whole (the rescue shell is still
+/// there); a switch that works moves the new root onto `/`, and the old root
+/// is then emptied through the descriptor opened before the switch.
+#[test]
+fn the_initramfs_is_freed_through_a_descriptor_after_the_switch() {
+    in_private_mount_namespace(
+        "the_initramfs_is_freed_through_a_descriptor_after_the_switch",
+        |dir| {
+            use overlay_init::sys::switch;
+            let initramfs = dir.join("initramfs");
+            std::fs::create_dir_all(&initramfs).unwrap();
+            let _a = netns_support::Mounted::tmpfs(&initramfs);
+            netns_support::tree(&initramfs, &[("bin/sh", "rescue shell\n"), ("init", "x")]);
+            let new_root = initramfs.join("newroot");
+            std::fs::create_dir_all(&new_root).unwrap();
+            let _b = netns_support::Mounted::tmpfs(&new_root);
+            netns_support::tree(&new_root, &[("etc/marker", "new root\n")]);
+            rustix::process::chroot(&initramfs).unwrap();
+            rustix::process::chdir("/").unwrap();
+
+            let old_root = switch::open_old_root().unwrap();
+            // Not a mount point: the move fails, nothing was freed.
+            assert!(switch::enter_new_root(std::path::Path::new("/bin")).is_err());
+            assert_eq!(
+                std::fs::read_to_string("/bin/sh").unwrap(),
+                "rescue shell\n"
+            );
+
+            switch::enter_new_root(std::path::Path::new("/newroot")).unwrap();
+            assert_eq!(
+                std::fs::read_to_string("/etc/marker").unwrap(),
+                "new root\n"
+            );
+            let stats = switch::free_old_root(std::os::fd::AsFd::as_fd(&old_root)).unwrap();
+            assert_eq!(stats.kept, 0, "{stats:?}");
+            assert!(stats.removed >= 4, "{stats:?}");
+            let left =
+                overlay_init::sys::dirfd::list_names(std::os::fd::AsFd::as_fd(&old_root)).unwrap();
+            assert!(left.is_empty(), "{left:?}");
+            // The new root was not touched.
+            assert_eq!(
+                std::fs::read_to_string("/etc/marker").unwrap(),
+                "new root\n"
+            );
+        },
+    );
+}

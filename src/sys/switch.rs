@@ -1,9 +1,9 @@
-//! The handover: check the real init, free the initramfs, make the new root `/`,
+//! The handover: check the real init, make the new root `/`, free the initramfs,
 //! and exec the real init.
 
 use std::ffi::{CString, OsString};
 use std::io::Read;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -56,16 +56,24 @@ pub struct FreeStats {
     pub kept: u64,
 }
 
-/// Delete everything on the initramfs (`/`), never crossing into other
-/// filesystems or mounts (the new root, moved API mounts) and never following
-/// symlinks ([`wipe::wipe_contents`]). Refuses unless `/` really is a
-/// ramfs/tmpfs.
-pub fn free_initramfs() -> Result<FreeStats> {
+/// Open the initramfs (`/`) before the switch, to free it through this
+/// descriptor afterwards (systemd's `switch-root.c` order: a switch that fails
+/// leaves the initramfs, and its rescue shell, whole). Refuses unless `/`
+/// really is a ramfs/tmpfs.
+pub fn open_old_root() -> Result<OwnedFd> {
     let root = dirfd::open_dir(Path::new("/"))?;
     if !statfs::is_volatile_fs(root.as_fd()).context("statfs /")? {
         bail!("refusing to delete / : it is not an initramfs (not a ramfs or tmpfs)");
     }
-    let report = wipe::wipe_contents(root.as_fd(), Path::new("/"))?;
+    Ok(root)
+}
+
+/// Delete everything on the old initramfs, through `old_root` from
+/// [`open_old_root`], after the switch: never crossing into other filesystems
+/// or mounts (the new root sits on it) and never following symlinks
+/// ([`wipe::wipe_contents`]).
+pub fn free_old_root(old_root: BorrowedFd<'_>) -> Result<FreeStats> {
+    let report = wipe::wipe_contents(old_root, Path::new("/ (the old initramfs)"))?;
     for failure in &report.failures {
         log::debug!("initramfs: could not remove {failure}");
     }
@@ -75,9 +83,15 @@ pub fn free_initramfs() -> Result<FreeStats> {
     })
 }
 
-/// Make `new_root` the root: move it onto `/`, chroot into it.
-/// The caller has already freed the initramfs while `/` was still it.
+/// Make `new_root` the root: make `/` private (the move must not propagate),
+/// move the new root onto `/`, chroot into it. The initramfs is freed after
+/// this returns ([`free_old_root`]), so on failure it is still whole.
 pub fn enter_new_root(new_root: &Path) -> Result<()> {
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
+    )
+    .context("make / private before the switch")?;
     rustix::process::chdir(new_root).with_context(|| format!("chdir {}", new_root.display()))?;
     rustix::mount::mount_move(".", "/")
         .with_context(|| format!("move {} onto /", new_root.display()))?;
