@@ -340,3 +340,34 @@ fn the_initramfs_is_freed_through_a_descriptor_after_the_switch() {
         },
     );
 }
+
+/// `upper -> /elsewhere` on the upper's filesystem used to put the changes
+/// wherever it pointed while the boot reported persistent: the symlink is
+/// refused by name, and the boot falls back to a tmpfs upper, saying why.
+#[test]
+fn an_upper_dir_that_is_a_symlink_is_never_followed() {
+    in_private_mount_namespace("an_upper_dir_that_is_a_symlink_is_never_followed", |dir| {
+        let elsewhere = dir.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let src = dir.join("upper-src");
+        std::fs::create_dir_all(src.join("work")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, src.join("upper")).unwrap();
+        let image = dir.join("upper.ext4");
+        Ext4::mib(16).contents(&src).write_to(&image);
+        let dev = Loop::attach(&image, false);
+        let staging = Staging::new(dir.join("staging"), dir.join("keep"));
+        std::fs::create_dir_all(staging.upper_fs()).unwrap();
+        let config = config("");
+        let mut kind = upper::mount_upper(&config, &staging, Some(&dev.dev), None).unwrap();
+        assert_eq!(kind, UpperKind::Persistent(dev.dev.clone()));
+        let (upperdir, _) = upper::prepare_upper_dirs(&config, &staging, &mut kind).unwrap();
+        match &kind {
+            UpperKind::FallbackTmpfs { reason, .. } => {
+                assert!(reason.contains("is a symlink"), "{reason}")
+            }
+            other => panic!("the symlinked upper was used: {other:?}"),
+        }
+        std::fs::write(upperdir.join("probe"), "x").unwrap();
+        assert!(std::fs::read_dir(&elsewhere).unwrap().next().is_none());
+    });
+}
