@@ -211,7 +211,10 @@ pub fn mount_image(
     flags: Option<&str>,
     target: &Path,
 ) -> Result<u64> {
-    let file = host.join(path.trim_start_matches('/'));
+    // Resolved inside the host filesystem, as `check_init` resolves the init:
+    // `..` and symlinks never leave it.
+    let file =
+        sys::dirfd::resolve_in_root(host, path).with_context(|| format!("image file {path}"))?;
     if !Path::new("/dev/loop-control").exists() {
         let _ = sys::modules::load_on_demand("loop");
     }

@@ -371,3 +371,25 @@ fn an_upper_dir_that_is_a_symlink_is_never_followed() {
         assert!(std::fs::read_dir(&elsewhere).unwrap().next().is_none());
     });
 }
+
+/// `ovl.image=` and `ovl.lower=` image files are resolved inside the host
+/// filesystem: a symlink or `..` that points outside it finds nothing there
+/// (here: the squashfs outside is never attached).
+#[test]
+fn an_image_path_never_leaves_the_host_filesystem() {
+    in_private_mount_namespace("an_image_path_never_leaves_the_host_filesystem", |dir| {
+        let src = dir.join("src");
+        netns_support::tree(&src, &[("etc/marker", "outside\n")]);
+        netns_support::mksquashfs(&src, &dir.join("outside.sqsh"));
+        let host = dir.join("host");
+        std::fs::create_dir_all(host.join("images")).unwrap();
+        std::os::unix::fs::symlink("../../outside.sqsh", host.join("images/rel")).unwrap();
+        let target = dir.join("mnt");
+        for path in ["/images/rel", "/../outside.sqsh"] {
+            let err = overlay_init::lower::mount_image(&host, path, None, None, &target)
+                .expect_err("an image outside the host was used");
+            assert!(format!("{err:#}").contains(path), "{err:#}");
+            assert!(!target.join("etc/marker").exists());
+        }
+    });
+}

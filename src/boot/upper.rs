@@ -321,9 +321,11 @@ fn mount_persistent_upper(
             }
         } else if space.in_reserve() {
             log::warn!(
-                "upper {}: only root's reserved blocks are free ({} KiB); free some space",
+                "upper {}: low on space: {} KiB free for root, {} KiB for other users; \
+                 used anyway, free some space",
                 dev.display(),
-                space.bytes / 1024
+                space.bytes / 1024,
+                space.bytes_unreserved / 1024
             );
         }
         sys::upperfs::remount_read_write(target, dev)?;

@@ -256,6 +256,41 @@ pub fn file_type_name(kind: FileType) -> &'static str {
     }
 }
 
+/// The real path of `path` resolved inside the directory `root` as if `root`
+/// were `/` (`openat2` with `RESOLVE_IN_ROOT`): `..` and symlinks, absolute
+/// or relative, never leave it. For files a command line names on a
+/// filesystem (`ovl.image=`, `ovl.lower=` image files).
+pub fn resolve_in_root(root: &Path, path: &str) -> Result<std::path::PathBuf> {
+    let root_fd = openat(CWD, root, DIR_FLAGS, Mode::empty())
+        .with_context(|| format!("open {}", root.display()))?;
+    let fd = rustix::fs::openat2(
+        &root_fd,
+        path,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        rustix::fs::ResolveFlags::IN_ROOT | rustix::fs::ResolveFlags::NO_MAGICLINKS,
+    )
+    .with_context(|| format!("{path} on {}", root.display()))?;
+    let real = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        rustix::fd::AsRawFd::as_raw_fd(&fd)
+    ))
+    .with_context(|| format!("where {path} on {} is", root.display()))?;
+    let real_root = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        rustix::fd::AsRawFd::as_raw_fd(&root_fd)
+    ))
+    .with_context(|| format!("where {} is", root.display()))?;
+    if !real.starts_with(&real_root) {
+        bail!(
+            "{path} resolves to {}, outside {}",
+            real.display(),
+            root.display()
+        );
+    }
+    Ok(real)
+}
+
 /// The names in a directory, without `.` and `..`.
 pub fn list_names(dir: BorrowedFd<'_>) -> Result<Vec<CString>> {
     let mut names = Vec::new();
@@ -342,6 +377,25 @@ mod tests {
             std::fs::read(dir.join("bootcount")).unwrap(),
             b"attempts=1\n"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn resolve_in_root_never_leaves_the_root() {
+        let (dir, _) = scratch("inroot");
+        let host = dir.join("host");
+        std::fs::create_dir_all(host.join("images")).unwrap();
+        std::fs::write(host.join("images/a.sqsh"), "inside").unwrap();
+        std::fs::write(dir.join("secret.sqsh"), "outside").unwrap();
+        std::fs::write(host.join("secret.sqsh"), "decoy").unwrap();
+        std::os::unix::fs::symlink("/secret.sqsh", host.join("images/abs")).unwrap();
+        std::os::unix::fs::symlink("../../secret.sqsh", host.join("images/rel")).unwrap();
+        let read = |p: &str| std::fs::read_to_string(resolve_in_root(&host, p).unwrap()).unwrap();
+        assert_eq!(read("/images/a.sqsh"), "inside");
+        // `..` and symlinks stay inside: they land on the host's own /secret.sqsh.
+        assert_eq!(read("/../secret.sqsh"), "decoy");
+        assert_eq!(read("/images/abs"), "decoy");
+        assert_eq!(read("/images/rel"), "decoy");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
