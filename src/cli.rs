@@ -287,8 +287,11 @@ fn execute(
                     format!(", {} mount points left", report.mount_points_left.len())
                 }
             )?;
-            if !report.failures.is_empty() {
-                anyhow::bail!("{} entries could not be removed", report.failures.len());
+            if let Some(stopped) = &report.stopped {
+                anyhow::bail!("stopped at a filesystem-wide error: {stopped}");
+            }
+            if report.failure_count > 0 {
+                anyhow::bail!("{} entries could not be removed", report.failure_count);
             }
         }
         Command::MarkGood { unless_failsafe } => {

@@ -38,6 +38,16 @@ pub fn device_deadline(config: &Config) -> Option<Duration> {
     Some(Duration::from_secs(secs.into()))
 }
 
+/// The bound on waiting for the persistent upper: `rootwait` waits for the
+/// root (and extra lowers) without limit, never for the upper, whose absence
+/// is a tmpfs fallback. The device deadline when there is one, else
+/// `ovl.timeout=` or the default.
+pub fn upper_deadline(config: &Config) -> Duration {
+    device_deadline(config).unwrap_or_else(|| {
+        Duration::from_secs(config.timeout.unwrap_or(DEFAULT_DEVICE_TIMEOUT).into())
+    })
+}
+
 pub fn find_devices(
     config: &Config,
     root: &DeviceSpec,
@@ -98,7 +108,8 @@ pub fn wait_for_devices(
         sys::blockdev::DeviceWaiter::new().context("start watching for block devices")?;
     // The clock starts once the devices already there are known, so the wait the
     // error message reports is the whole of `ovl.timeout=`.
-    let deadline = device_deadline(config).map(|d| Instant::now() + d);
+    let started = Instant::now();
+    let deadline = device_deadline(config).map(|d| started + d);
     let found = if required.is_empty() {
         Vec::new()
     } else {
@@ -108,10 +119,12 @@ pub fn wait_for_devices(
             .map(|r| r.dev_path)
             .collect()
     };
-    // A missing upper never blocks boot: it is waited for, then degraded to tmpfs.
+    // A missing upper never blocks boot: it is waited for (never without
+    // limit, even with `rootwait`), then degraded to tmpfs.
+    let upper_deadline = Some(started + upper_deadline(config));
     let upper = match upper {
         None => None,
-        Some(spec) => match waiter.wait_for(&[spec], deadline, |_| {}) {
+        Some(spec) => match waiter.wait_for(&[spec], upper_deadline, |_| {}) {
             Ok(mut r) => r.pop().map(|r| r.dev_path),
             Err(e) => {
                 warn_box(
@@ -213,7 +226,10 @@ pub fn mount_image_verified(
     target: &Path,
     verify: &dyn Fn(&Path) -> Result<PathBuf>,
 ) -> Result<u64> {
-    let file = host.join(path.trim_start_matches('/'));
+    // Resolved inside the host filesystem, as `check_init` resolves the init:
+    // `..` and symlinks never leave it.
+    let file =
+        sys::dirfd::resolve_in_root(host, path).with_context(|| format!("image file {path}"))?;
     if !Path::new("/dev/loop-control").exists() {
         let _ = sys::modules::load_on_demand("loop");
     }
@@ -236,6 +252,8 @@ mod tests {
         assert_eq!(device_deadline(&c), Some(Duration::from_secs(30)));
         c.rootwait = RootWait::Forever;
         assert_eq!(device_deadline(&c), None);
+        // The upper is never waited for without limit.
+        assert_eq!(upper_deadline(&c), Duration::from_secs(30));
         c.timeout = Some(5);
         assert_eq!(device_deadline(&c), Some(Duration::from_secs(5)));
         c.rootwait = RootWait::Secs(3);

@@ -594,8 +594,12 @@ fn remove_trash_at(trash: BorrowedFd<'_>, label: &Path) -> Result<WipeReport> {
         began.elapsed(),
         report.removed,
         report.mount_points_left.len(),
-        report.failures.len()
+        report.failure_count
     );
+    if let Some(stopped) = &report.stopped {
+        log::warn!("reset: trash removal stopped at a filesystem-wide error: {stopped}");
+    }
+    // The first few by path; the count above says how many in all.
     for failure in &report.failures {
         log::warn!("reset: could not remove {failure}");
     }

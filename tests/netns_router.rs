@@ -154,11 +154,12 @@ fn router_boot(dir: &Path, with_run: bool) {
             "extra lowers",
             "upper file",
             "upper",
+            "record boot",
             "upper dirs",
             "overlay",
             "move layers",
             "check init",
-            "record boot",
+            "boot state",
             "move api mounts",
             "switch root",
         ]

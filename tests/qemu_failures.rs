@@ -228,8 +228,11 @@ fn read_only_upper_falls_back_to_tmpfs() {
     assert_tmpfs_fallback(&upper, true, "read-write");
 }
 
+/// A full upper is no reason to boot in factory state (issue 11, item 8): PID 1 and the system
+/// run as root, so an upper filled into root's reserve, or to the brim, is still used, with a
+/// warning; only an overlay that will not mount falls back. The system can then free space.
 #[test]
-fn full_upper_falls_back_to_tmpfs() {
+fn full_upper_is_still_used_with_a_warning() {
     let scratch = Scratch::new("fail-upper-full");
     let upper = fresh_copy(&artifacts().upper_ext4, &scratch, "upper.ext4");
     // Fill it to the brim as root (reserved blocks too), in a private mount namespace; the
@@ -244,7 +247,23 @@ fn full_upper_falls_back_to_tmpfs() {
         .args(["-m", "--propagation", "private", "sh", "-c"])
         .arg(&fill));
     eprintln!("{df}");
-    assert_tmpfs_fallback(&upper, false, "full: ");
+    let script = "grep -q '^/dev/vdb /overlay ext4 rw' /proc/mounts && cat /kept && rm /fill && \
+                  echo written > /x && cat /x";
+    let result = boot_with_upper(Disk::rw(&upper), "", script);
+    assert_no_panic(&result);
+    assert_marker(&result, "used anyway");
+    assert_no_marker(
+        &result,
+        "WARNING: persistent upper not used, booting on a tmpfs upper",
+    );
+    assert_output(&result, "kept");
+    assert_output(&result, "written");
+    assert_test_passed(&result);
+    assert_eq!(
+        ext4_read_file(&upper, "/upper/fill"),
+        None,
+        "the space was freed"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
