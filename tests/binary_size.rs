@@ -12,11 +12,12 @@ use std::process::Command;
 
 use common::{repo_dir, run};
 
-/// Bytes: 733,552 (716 KiB) measured when this limit was set (2026-11-30, Rust 1.95, musl),
-/// plus about 3% (the size moves in 4 KiB steps: the segments are page-aligned); raised by
-/// 20 KiB for dm-verity (issue 16's budget), whose wiring measured 774,544 bytes against
-/// 741,744 before it (+32 KiB, over that budget: see the branch's report).
-const LIMIT: u64 = 760 * 1024;
+/// Bytes: 733,552 (716 KiB) when the limit was first set (2026-11-30, Rust 1.95, musl). The
+/// features merged the same day then grew the init to 926,096 bytes (904 KiB: dm-verity +32 KiB,
+/// live media +24 KiB, upgrade identity with its SHA-256, keep-list carry and scans, status
+/// JSON, the blank/f2fs/LUKS/md probes, the never-brick fixes); the limit is that plus about 2%
+/// (the size moves in 4 KiB steps: the segments are page-aligned), so growth from here is seen.
+const LIMIT: u64 = 924 * 1024;
 /// Issue 17's target, for the message.
 const TARGET: u64 = 400 * 1024;
 
