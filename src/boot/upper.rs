@@ -64,6 +64,12 @@ pub fn mount_upper(
         overlay::mount_tmpfs_upper(&upper_fs, config.size)?;
         return Ok(UpperKind::Tmpfs);
     };
+    if early_failsafe.is_none() {
+        // First boot: a blank device is formatted (failsafe writes nothing).
+        if let Err(why) = crate::boot::firstboot::format_blank_upper(config, staging, dev) {
+            return degrade_to_tmpfs(config, staging, dev, &why, false);
+        }
+    }
     match mount_persistent_upper(dev, config, &upper_fs, early_failsafe) {
         Ok(None) => Ok(UpperKind::Persistent(dev.to_path_buf())),
         Ok(Some(reason)) => {
