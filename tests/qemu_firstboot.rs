@@ -77,7 +77,7 @@ fn assert_formatted_and_written(upper: &Path) {
         &result,
         "formatted /dev/vdb (ext4, label overlay, 64 MiB) in ",
     );
-    assert_no_output(&result, "persistent upper not used");
+    assert_no_marker(&result, "persistent upper not used");
     assert_test_passed(&result);
     // What the guest wrote is on the disk, in the upper layer.
     let note = ext4_read_file(upper, "/upper/etc/firstboot-note");
@@ -103,8 +103,8 @@ fn zeroed_upper_is_formatted_once_and_persists() {
         "LABEL=overlay",
         "grep -q ' /overlay ext4 rw' /proc/mounts && cat /etc/firstboot-note",
     );
-    assert_marker(&result, "kept-from-first-boot");
-    assert_no_output(&result, "formatted /dev/");
+    assert_output(&result, "kept-from-first-boot");
+    assert_no_marker(&result, "formatted /dev/");
     assert_test_passed(&result);
     assert_ne!(sha256(&upper), before, "boot 2 did not use the upper");
 }
@@ -133,7 +133,7 @@ fn assert_not_formatted(upper: &Path, reason: &str) {
         "WARNING: persistent upper not used, booting on a tmpfs upper",
     );
     assert_marker(&result, reason);
-    assert_no_output(&result, "formatted /dev/");
+    assert_no_marker(&result, "formatted /dev/");
     assert_test_passed(&result);
     assert_eq!(
         sha256(upper),
@@ -160,4 +160,103 @@ fn vfat_upper_is_not_formatted() {
     filled_file(&upper, 0, 64 * MIB);
     run(Command::new("mkfs.vfat").arg("-n").arg("DATA").arg(&upper));
     assert_not_formatted(&upper, "reason: probe upper /dev/vdb");
+}
+
+/// A random delay below `max` (RandomState is seeded from the OS).
+fn random_delay(max: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    Duration::from_millis(hasher.finish() % max.as_millis() as u64)
+}
+
+/// Power cut during the first-boot format: QEMU quits at a random instant after the init
+/// announces the format (`OVL_FIRSTBOOT_TRIALS`, default 2; 10 for the issue's bench). The next
+/// boot (the same initramfs) always ends on a persistent ext4 upper whose `upper/` is empty:
+/// the device was blank (formatted now), marked as ours (formatted again) or complete.
+#[test]
+fn power_cut_during_the_format_never_leaves_an_unusable_upper() {
+    let trials: usize = std::env::var("OVL_FIRSTBOOT_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let mut cut_during_format = 0;
+    for trial in 0..trials {
+        let scratch = Scratch::new(&format!("firstboot-cut-{trial}"));
+        let upper = scratch.join("upper.img");
+        filled_file(&upper, 0, 64 * MIB);
+        let delay = random_delay(Duration::from_millis(1500));
+        let socket = scratch.join("monitor.sock");
+        let cut = boot(&BootSpec {
+            disks: vec![Disk::ro(&artifacts().root_sqsh), Disk::rw(&upper)],
+            append: format!(
+                "root=/dev/vda ovl.upper=/dev/vdb {}",
+                test_init_args("true")
+            ),
+            timeout: TIMEOUT,
+            initrd: Initrd::Path(initramfs_with_mkfs().clone()),
+            monitor: Some(socket),
+            triggers: vec![Trigger {
+                after: "formatting /dev/vdb (ext4, label overlay, 64 MiB) with".into(),
+                action: Action::MonitorAfter(delay, "quit".into()),
+            }],
+            ..Default::default()
+        });
+        assert_marker(&cut, "formatting /dev/vdb");
+        assert_ne!(cut.exit, Exit::Panic, "the kernel panicked\n{cut:?}");
+        let finished = cut.contains("formatted /dev/vdb");
+        if !finished {
+            cut_during_format += 1;
+        }
+        let next = boot_upper(
+            &upper,
+            Initrd::Path(initramfs_with_mkfs().clone()),
+            "/dev/vdb",
+            "grep -q '^/dev/vdb /overlay ext4 rw' /proc/mounts && \
+             ls -A /overlay/upper | wc -l | grep -qx 0 && echo upper-empty",
+        );
+        eprintln!(
+            "trial {trial}: quit {} ms after the announcement, format {}; next boot {}",
+            delay.as_millis(),
+            if finished {
+                "had finished"
+            } else {
+                "cut short"
+            },
+            if next.contains("formatted /dev/vdb") {
+                "formatted again"
+            } else {
+                "used the filesystem"
+            }
+        );
+        assert_no_marker(&next, "persistent upper not used");
+        assert_output(&next, "upper-empty");
+        assert_test_passed(&next);
+    }
+    eprintln!("{cut_during_format} of {trials} cuts landed before the format finished");
+}
+
+/// The tmpfs upper is capped (half of RAM by default): in the 256 MiB guest, writing 1 GiB
+/// ends in ENOSPC for the writer, and the OOM killer never runs. (The tmpfs fallback of an
+/// unusable device is mounted by the same function, with the same cap.)
+#[test]
+fn tmpfs_upper_is_capped_writing_1_gib_gets_enospc_without_oom() {
+    let result = boot(&BootSpec {
+        disks: vec![Disk::ro(&artifacts().root_sqsh)],
+        append: format!(
+            "root=/dev/vda {}",
+            test_init_args(
+                "grep -q '^tmpfs /overlay tmpfs rw.*size=' /proc/mounts && \
+                 e=$(dd if=/dev/zero of=/big bs=1M count=1024 2>&1); \
+                 echo $e | grep -q 'No space left' && rm /big && \
+                 ! dmesg | grep -qi -e oom -e 'out of memory' && echo enospc-without-oom"
+            )
+        ),
+        timeout: TIMEOUT,
+        ..Default::default()
+    });
+    assert_ne!(result.exit, Exit::Panic, "the kernel panicked\n{result:?}");
+    assert_no_marker(&result, "Out of memory");
+    assert_output(&result, "enospc-without-oom");
+    assert_test_passed(&result);
 }

@@ -144,7 +144,15 @@ pub fn prepare_upper_dirs(
         } => failsafe_upper_fs(staging),
         _ => staging.upper_fs(),
     };
-    match (overlay::prepare_upper_dirs(&changes_fs), &*kind) {
+    let attempt = || overlay::prepare_upper_dirs(&changes_fs);
+    let result = match &*kind {
+        // A full upper: remove what is safe to remove and try again.
+        UpperKind::Persistent(dev) => {
+            crate::boot::fullupper::with_room(&changes_fs, dev, attempt, || Ok(()))
+        }
+        _ => attempt(),
+    };
+    match (result, &*kind) {
         (Ok(dirs), _) => Ok(dirs),
         (Err(why), UpperKind::Persistent(dev)) => {
             *kind = degrade_to_tmpfs(config, staging, &dev.clone(), &why, true)?;
@@ -165,7 +173,22 @@ pub fn mount_overlay(
     kind: &mut UpperKind,
 ) -> Result<()> {
     let root = staging.root();
-    match (overlay::mount_overlay(lowers, &upper, &work, &root), &*kind) {
+    let attempt = || {
+        overlay::prepare_upper_dirs(&staging.upper_fs())?;
+        overlay::mount_overlay(lowers, &upper, &work, &root)
+    };
+    let unmount_root = || match sys::mount::is_mountpoint(&root) {
+        true => sys::mount::umount(&root, false),
+        false => Ok(()),
+    };
+    let result = match &*kind {
+        // A full upper: remove what is safe to remove and try again.
+        UpperKind::Persistent(dev) => {
+            crate::boot::fullupper::with_room(&staging.upper_fs(), dev, attempt, unmount_root)
+        }
+        _ => overlay::mount_overlay(lowers, &upper, &work, &root),
+    };
+    match (result, &*kind) {
         (Ok(()), _) => Ok(()),
         (Err(why), UpperKind::Persistent(dev)) => {
             if sys::mount::is_mountpoint(&root) {

@@ -161,6 +161,14 @@ pub fn format_if_blank(device: &Path, request: &FormatRequest<'_>) -> Result<For
         fs_size: plan.fs_size,
         fstype: plan.fstype,
     };
+    log::info!(
+        "formatting {} ({}, label {}, {}) with {}",
+        device.display(),
+        plan.fstype,
+        plan.label,
+        human_size(plan.device_size),
+        plan.tool
+    );
     write_marker_sector(device, view.size, &marker.encode())
         .with_context(|| format!("mark {} as being formatted", device.display()))?;
     run_mkfs(&plan, request.timeout)?;

@@ -412,6 +412,9 @@ pub enum Action {
     /// `drive_add 0 if=none,id=late,format=raw,file=/path` then
     /// `device_add virtio-blk-pci,drive=late`.
     Monitor(String),
+    /// A monitor command sent this long after `after` was seen (e.g. `quit` at a chosen
+    /// instant: a power cut in the middle of something the console announced).
+    MonitorAfter(Duration, String),
 }
 
 #[derive(Debug, Clone)]
@@ -753,11 +756,14 @@ pub fn boot(spec: &BootSpec) -> BootResult {
                         let _ = input.write_all(bytes).and_then(|()| input.flush());
                     }
                 }
-                Action::Monitor(line) => {
+                Action::Monitor(line) | Action::MonitorAfter(_, line) => {
                     let socket = spec
                         .monitor
                         .as_ref()
                         .expect("Action::Monitor needs BootSpec::monitor");
+                    if let Action::MonitorAfter(delay, _) = &trigger.action {
+                        std::thread::sleep(*delay);
+                    }
                     monitor_replies.push(
                         monitor_command(socket, line)
                             .unwrap_or_else(|error| format!("monitor error: {error}")),
