@@ -76,6 +76,7 @@ const F2FS_SUPER_MAGIC: i64 = 0xF2F5_2010;
 /// pointer oops in `f2fs_issue_flush`, seen on 6.1). `flush_merge` is refused
 /// while read-only, so the remount read-write is followed by one that asks
 /// for it.
+#[allow(clippy::unnecessary_cast)] // f_type's type differs between architectures
 fn is_f2fs(target: &Path) -> bool {
     rustix::fs::statfs(target).is_ok_and(|st| st.f_type as i64 == F2FS_SUPER_MAGIC)
 }
