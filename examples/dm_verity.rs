@@ -53,7 +53,7 @@ fn run() -> Result<()> {
             println!(
                 "VERITY: open {name} path={} dev={major}:{minor} params={}",
                 opened.device.path().display(),
-                opened.params
+                opened.target.params
             );
             opened.device.keep();
             Ok(())

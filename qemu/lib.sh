@@ -72,6 +72,10 @@ NEEDED_TOOLS=(
     "xorriso:xorriso"
     "dosfstools:mkfs.vfat"
     "exfatprogs:mkfs.exfat"
+    # The live tests fill a FAT stick without mounting it (the host may lack vfat), and an
+    # exFAT stick through FUSE (the host may lack exfat).
+    "mtools:mcopy"
+    "exfat-fuse:mount.exfat-fuse"
     # dm-verity test images (veritysetup format).
     "cryptsetup-bin:veritysetup"
     # The Debian package's build and check (tests/package.rs, debian/build-deb).

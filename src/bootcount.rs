@@ -63,6 +63,15 @@ pub fn read(upper_root: &Path) -> Result<u32> {
     let state = match dirfd::open_dir_at(root.as_fd(), STATE_DIR) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Ok(0),
+        // Not a directory (a file, a symlink): corrupt state, repaired by the
+        // "record boot" step (crate::staterepair); it holds no count.
+        Err(e @ (rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP)) => {
+            log::warn!(
+                "{} is not a directory ({e}); counting from 0",
+                crate::layout::state_dir(upper_root).display()
+            );
+            return Ok(0);
+        }
         Err(e) => {
             return Err(e).with_context(|| {
                 format!("open {}", crate::layout::state_dir(upper_root).display())
@@ -70,9 +79,14 @@ pub fn read(upper_root: &Path) -> Result<u32> {
         }
     };
     let path = counter_path(upper_root);
-    match dirfd::read_small_file(state.as_fd(), COUNTER)
-        .with_context(|| format!("read {}", path.display()))?
-    {
+    let contents = match dirfd::read_small_file(state.as_fd(), COUNTER) {
+        Err(e) if dirfd::is_not_regular(&e) => {
+            log::warn!("{}: {e:#}; counting from 0", path.display());
+            return Ok(0);
+        }
+        other => other.with_context(|| format!("read {}", path.display()))?,
+    };
+    match contents {
         None => Ok(0),
         Some(bytes) => match parse(&bytes) {
             Ok(n) => Ok(n),

@@ -26,7 +26,9 @@ commands:
   status [--json]      this boot: mode (normal/failsafe and why), upper, lower,
                        boot attempts, pending reset; --json: one JSON object
                        (schema: man overlay-init, STATUS JSON)
-  reset                ask for a factory reset at the next boot
+  reset                ask for a factory reset at the next boot (keeps what
+                       /etc/overlay-init/keep lists)
+  reset --all          the same, keeping nothing
   reset --cancel       drop a pending reset request
   reset --finish       wait until the old upper of an earlier reset is removed
                        (it is removed in the background after the boot)
@@ -49,10 +51,18 @@ exit status: 0 done, 1 failed, 2 bad arguments,
 /// Parsed command line of the tool.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
-    Status { json: bool },
-    Reset { cancel: bool },
+    Status {
+        json: bool,
+    },
+    Reset {
+        cancel: bool,
+    },
     FinishReset,
-    MarkGood { unless_failsafe: bool },
+    /// `reset --all`: a reset that ignores the keep-list.
+    ResetAll,
+    MarkGood {
+        unless_failsafe: bool,
+    },
     Help,
     Version,
 }
@@ -100,6 +110,7 @@ pub fn parse_args(args: &[String]) -> Result<Invocation, String> {
             ["reset"] => Command::Reset { cancel: false },
             ["reset", "--cancel"] | ["--cancel", "reset"] => Command::Reset { cancel: true },
             ["reset", "--finish"] | ["--finish", "reset"] => Command::FinishReset,
+            ["reset", "--all"] | ["--all", "reset"] => Command::ResetAll,
             ["mark-good"] => Command::MarkGood {
                 unless_failsafe: false,
             },
@@ -229,6 +240,14 @@ fn execute(
             } else {
                 write!(out, "{}", status.to_text())?;
             }
+            if !json {
+                let upgrade = Path::new(crate::layout::UPGRADE_STATE_FILE);
+                if let Some(u) = crate::state::read_upgrade(upgrade)? {
+                    for line in u.describe() {
+                        writeln!(out, "{line}")?;
+                    }
+                }
+            }
         }
         Command::Reset { cancel: false } => {
             crate::reset::request(overlay)?;
@@ -236,6 +255,14 @@ fn execute(
                 out,
                 "factory reset requested: the next boot starts from the factory state \
                  (cancel with: overlay-init reset --cancel)"
+            )?;
+        }
+        Command::ResetAll => {
+            crate::reset::request_as(overlay, "cli", true)?;
+            writeln!(
+                out,
+                "factory reset requested, keeping nothing (not even the keep-list): the next \
+                 boot starts from the factory state (cancel with: overlay-init reset --cancel)"
             )?;
         }
         Command::Reset { cancel: true } => {
@@ -260,8 +287,11 @@ fn execute(
                     format!(", {} mount points left", report.mount_points_left.len())
                 }
             )?;
-            if !report.failures.is_empty() {
-                anyhow::bail!("{} entries could not be removed", report.failures.len());
+            if let Some(stopped) = &report.stopped {
+                anyhow::bail!("stopped at a filesystem-wide error: {stopped}");
+            }
+            if report.failure_count > 0 {
+                anyhow::bail!("{} entries could not be removed", report.failure_count);
             }
         }
         Command::MarkGood { unless_failsafe } => {
@@ -347,6 +377,10 @@ mod tests {
         assert_eq!(
             parse_args(&words("reset --finish")).unwrap().command,
             Command::FinishReset
+        );
+        assert_eq!(
+            parse_args(&words("reset --all")).unwrap().command,
+            Command::ResetAll
         );
         assert_eq!(
             parse_args(&words("mark-good")).unwrap().command,

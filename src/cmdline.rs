@@ -8,6 +8,7 @@
 
 use crate::devspec::DeviceSpec;
 use crate::fstype::FsType;
+use crate::verity::RootHash;
 
 /// Default real init inside the new root.
 pub const DEFAULT_INIT: &str = "/sbin/init";
@@ -32,6 +33,9 @@ pub enum UpperSpec {
     #[default]
     Tmpfs,
     Device(DeviceSpec),
+    /// A persistence file: an ext4 image file at this absolute path on the
+    /// `root=` filesystem that holds `ovl.image=` (see `boot::live`).
+    File(String),
 }
 
 /// One `ovl.lower=` entry: a block device, or an image file on the `root=` filesystem.
@@ -112,7 +116,16 @@ pub struct Config {
     pub upperlabel: String,
     pub size: Option<TmpfsSize>,
     pub image: Option<String>,
+    /// `ovl.upper_create=SIZE`: create a missing persistence file of this size.
+    pub upper_create: Option<u64>,
+    /// `ovl.toram`: copy the `ovl.image=` file into RAM before mounting it.
+    pub toram: bool,
     pub lowers: Vec<LowerSpec>,
+    /// `ovl.lower=SPEC@ROOTHASH`: the root hash of each `lowers` entry, if verified.
+    pub lower_hashes: Vec<Option<RootHash>>,
+    /// `ovl.verity*` as given, and combined (`None`: the main lower is not verified).
+    pub verity_params: crate::verity::Params,
+    pub verity: Option<crate::verity::VerityConfig>,
     pub reset: bool,
     pub failsafe: bool,
     pub failsafe_wait: u32,
@@ -122,6 +135,8 @@ pub struct Config {
     pub onfail: Option<OnFail>,
     pub modules: ModuleLoading,
     pub debug: bool,
+    /// `ovl.upgrade=`: what a boot does when the lower changed.
+    pub upgrade: crate::upgrade::Policy,
     /// Arguments after `--`, for the real init.
     pub init_args: Vec<String>,
 }
@@ -143,7 +158,12 @@ impl Default for Config {
             upperlabel: crate::upperparams::DEFAULT_UPPER_LABEL.to_string(),
             size: None,
             image: None,
+            upper_create: None,
+            toram: false,
             lowers: Vec::new(),
+            lower_hashes: Vec::new(),
+            verity_params: Default::default(),
+            verity: None,
             reset: false,
             failsafe: false,
             failsafe_wait: 0,
@@ -152,6 +172,7 @@ impl Default for Config {
             onfail: None,
             modules: ModuleLoading::Auto,
             debug: false,
+            upgrade: crate::upgrade::Policy::Keep,
             init_args: Vec::new(),
         }
     }
@@ -280,6 +301,8 @@ pub const OVL_PARAMS: &[(&str, OvlParser)] = &[
     ("upperlabel", ovl_upperlabel),
     ("size", ovl_size),
     ("image", ovl_image),
+    ("upper_create", ovl_upper_create),
+    ("toram", ovl_toram),
     ("lower", ovl_lower),
     ("reset", |c, v, p| p.flag(v, &mut c.reset)),
     ("failsafe", |c, v, p| p.flag(v, &mut c.failsafe)),
@@ -290,6 +313,11 @@ pub const OVL_PARAMS: &[(&str, OvlParser)] = &[
     ("modules", ovl_modules),
     ("debug", |c, v, p| p.flag(v, &mut c.debug)),
     ("init", ovl_init),
+    ("upgrade", ovl_upgrade),
+    ("verity", crate::verity::ovl_verity),
+    ("verity_hash", crate::verity::ovl_verity_hash),
+    ("verity_hashoffset", crate::verity::ovl_verity_hashoffset),
+    ("verity_onerror", crate::verity::ovl_verity_onerror),
 ];
 
 /// The problems collector for one parameter as written (`raw`).
@@ -411,15 +439,31 @@ fn apply_ovl(
 }
 
 fn ovl_upper(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
-    match value {
-        Some("tmpfs") => config.upper = UpperSpec::Tmpfs,
-        Some(v) => match DeviceSpec::parse(v) {
-            Ok(spec) => config.upper = UpperSpec::Device(spec),
-            Err(e) => p.warn(format!(
-                "{e} (or tmpfs); using a tmpfs upper, nothing persists"
-            )),
-        },
-        None => p.warn("needs tmpfs or a device; using a tmpfs upper"),
+    use crate::live::UpperTarget;
+    match value.map(crate::live::parse_upper) {
+        Some(Ok(UpperTarget::Tmpfs)) => config.upper = UpperSpec::Tmpfs,
+        Some(Ok(UpperTarget::Device(spec))) => config.upper = UpperSpec::Device(spec),
+        Some(Ok(UpperTarget::File(path))) => config.upper = UpperSpec::File(path),
+        Some(Err(e)) => p.warn(format!(
+            "{}; using a tmpfs upper, nothing persists",
+            e.message
+        )),
+        None => p.warn("needs tmpfs, a device or a persistence file path; using a tmpfs upper"),
+    }
+}
+
+fn ovl_upper_create(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match value.map(crate::live::parse_upper_create) {
+        Some(Ok(bytes)) => config.upper_create = Some(bytes),
+        Some(Err(e)) => p.warn(format!("{}; no persistence file is created", e.message)),
+        None => p.warn("needs a size such as 256M; no persistence file is created"),
+    }
+}
+
+fn ovl_toram(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match crate::live::parse_toram(value) {
+        Ok(on) => config.toram = on,
+        Err(e) => p.warn(format!("{}; the image is read from the medium", e.message)),
     }
 }
 
@@ -474,8 +518,13 @@ fn ovl_lower(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
         None => p.fatal("needs SPEC[,SPEC]: devices or image-file paths"),
         Some(v) => {
             for entry in v.split(',') {
-                match parse_lower(entry) {
-                    Ok(l) => config.lowers.push(l),
+                match crate::verity::parse_lower_entry(entry)
+                    .and_then(|(spec, hash)| Ok((parse_lower(spec)?, hash)))
+                {
+                    Ok((l, hash)) => {
+                        config.lowers.push(l);
+                        config.lower_hashes.push(hash);
+                    }
                     Err(e) => p.fatal(e),
                 }
             }
@@ -496,6 +545,13 @@ fn ovl_maxtries(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) 
         Some(Ok(n)) => config.maxtries = n,
         Some(Err(e)) => p.warn(format!("{e} (0 = off); using {DEFAULT_MAXTRIES}")),
         None => p.warn("needs a number (0 = off)"),
+    }
+}
+
+fn ovl_upgrade(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match crate::upgrade::parse_policy(value) {
+        Ok(policy) => config.upgrade = policy,
+        Err(_) => p.warn("accepted: keep, prune, reset; using the default (keep)"),
     }
 }
 
@@ -640,6 +696,24 @@ fn check_conflicts(config: &mut Config, problems: &mut Vec<Problem>) {
         );
         config.reset = false;
     }
+    if config.upper_create.is_some() && !matches!(config.upper, UpperSpec::File(_)) {
+        problem(
+            problems,
+            "ovl.upper_create",
+            false,
+            "only applies to a persistence file (ovl.upper=/PATH); ignored".into(),
+        );
+        config.upper_create = None;
+    }
+    if config.toram && config.image.is_none() {
+        problem(
+            problems,
+            "ovl.toram",
+            false,
+            "only applies to an image file (ovl.image=PATH); ignored".into(),
+        );
+        config.toram = false;
+    }
     if config.size.is_some() && matches!(config.upper, UpperSpec::Device(_)) {
         problem(
             problems,
@@ -677,6 +751,9 @@ fn check_conflicts(config: &mut Config, problems: &mut Vec<Problem>) {
             true,
             "needs root= to name the filesystem that holds the image".into(),
         );
+    }
+    if let Err(e) = crate::verity::resolve(config) {
+        problem(problems, "ovl.verity", true, e);
     }
     if let Some(init) = &config.kernel_init {
         config.init = init.clone();
@@ -824,6 +901,52 @@ mod tests {
         assert_eq!(ok("ovl.upper=tmpfs").upper, UpperSpec::Tmpfs);
         assert_eq!(ok("ovl.onfail=shell").onfail, Some(OnFail::Shell));
         assert_eq!(ok("ovl.onfail=reboot").onfail, Some(OnFail::Reboot));
+    }
+
+    #[test]
+    fn verity_parameters() {
+        let hash = "4392712ba01368efdf14b05c76f9e4df0d53664630b5d48632ed17a137f39076";
+        let c = ok(&format!(
+            "root=/dev/vda ovl.verity={hash} ovl.verity_hash=PARTLABEL=hash ovl.verity_onerror=restart \
+             ovl.lower=/dev/vdc@{hash},/img/a.sqsh"
+        ));
+        let v = c.verity.unwrap();
+        assert_eq!(v.root_hash.to_string(), hash);
+        assert_eq!(v.hash_device, Some(DeviceSpec::PartLabel("hash".into())));
+        assert_eq!(v.on_error, crate::verity::OnError::Restart);
+        assert_eq!(
+            c.lowers[0],
+            LowerSpec::Device(DeviceSpec::Path("/dev/vdc".into()))
+        );
+        assert_eq!(c.lower_hashes.len(), 2);
+        assert_eq!(c.lower_hashes[0].as_ref().unwrap().to_string(), hash);
+        assert_eq!(c.lower_hashes[1], None);
+        let c = ok(&format!(
+            "root=/dev/vda ovl.verity-hashoffset=4096 ovl.verity={hash}"
+        ));
+        assert_eq!(c.verity.unwrap().hash_offset, 4096);
+        assert_eq!(ok("root=/dev/vda").verity, None);
+        // Asking for verification and getting it wrong never boots unverified.
+        for bad in [
+            "ovl.verity=xyz ovl.verity_hashoffset=4096",
+            "ovl.verity_hash=/dev/vdb",
+            &format!("ovl.verity={hash}"),
+            &format!("ovl.verity={hash} ovl.verity_hashoffset=1000"),
+            "ovl.lower=/dev/vdc@nothex",
+        ] {
+            let parsed = parse(&format!("root=/dev/vda {bad}"));
+            assert!(parsed.has_fatal(), "{bad}: {:?}", parsed.problems);
+            assert!(parsed.problems[0].param.starts_with("ovl."), "{bad}");
+        }
+        let parsed = parse(&format!(
+            "root=/dev/vda ovl.verity={hash} ovl.verity_hashoffset=4096 ovl.verity_onerror=reboot"
+        ));
+        assert!(!parsed.has_fatal());
+        assert_eq!(parsed.problems[0].param, "ovl.verity_onerror");
+        assert_eq!(
+            parsed.config.verity.unwrap().on_error,
+            crate::verity::OnError::Eio
+        );
     }
 
     #[test]
@@ -1007,5 +1130,65 @@ mod tests {
         ] {
             let _ = parse(s);
         }
+    }
+
+    #[test]
+    fn live_parameters() {
+        let c = ok(
+            "root=LABEL=LIVEUSB ovl.image=/live/root.sqsh ovl.upper=/live/persist.img \
+             ovl.upper_create=1G ovl.toram",
+        );
+        assert_eq!(c.upper, UpperSpec::File("/live/persist.img".into()));
+        assert_eq!(c.upper_create, Some(1 << 30));
+        assert!(c.toram);
+        assert!(!ok("root=/dev/sr0 ovl.image=/a ovl.toram=off").toram);
+        // A device is still a device, /dev paths included.
+        assert!(matches!(
+            ok("ovl.upper=/dev/vdb").upper,
+            UpperSpec::Device(_)
+        ));
+
+        for (cmdline, param, says) in [
+            ("ovl.upper=/live/../x.img", "ovl.upper", "no //, . or .."),
+            ("ovl.upper=/live/", "ovl.upper", "cannot end in /"),
+            (
+                "ovl.upper_create=1M ovl.upper=/p.img",
+                "ovl.upper_create",
+                "too small",
+            ),
+            (
+                "ovl.upper_create=64M",
+                "ovl.upper_create",
+                "only applies to a persistence file",
+            ),
+            ("ovl.upper_create", "ovl.upper_create", "needs a size"),
+            (
+                "root=/dev/vda ovl.toram",
+                "ovl.toram",
+                "only applies to an image file",
+            ),
+            (
+                "root=/dev/vda ovl.image=/a ovl.toram=maybe",
+                "ovl.toram",
+                "not a flag value",
+            ),
+        ] {
+            let parsed = parse(cmdline);
+            assert_eq!(parsed.problems.len(), 1, "{cmdline}: {:?}", parsed.problems);
+            let problem = &parsed.problems[0];
+            assert_eq!(problem.param, param, "{cmdline}");
+            assert!(!problem.fatal, "{cmdline}");
+            assert!(
+                problem.message.contains(says),
+                "{cmdline}: {}",
+                problem.message
+            );
+        }
+        // A bad persistence path leaves a tmpfs upper; a bad size creates nothing.
+        assert_eq!(parse("ovl.upper=/a/./b").config.upper, UpperSpec::Tmpfs);
+        assert_eq!(
+            parse("ovl.upper=/p ovl.upper_create=x").config.upper_create,
+            None
+        );
     }
 }

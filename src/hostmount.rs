@@ -61,3 +61,39 @@ pub fn mount_image_host(dev: &Path, target: &Path, access: HostAccess) -> Result
         .with_context(|| format!("mount the image host {shown} ({})", host.fstype))?;
     Ok(host)
 }
+
+/// Remount the image host `dev` (mounted read-only at `target` by
+/// [`mount_image_host`]) read-write, for a persistence file on it. A
+/// filesystem that cannot be written (an ISO) is refused, naming its type.
+pub fn remount_read_write(dev: &Path, target: &Path) -> Result<HostMount> {
+    let shown = dev.display().to_string();
+    let info = match sys::io::detect_filesystem(dev)? {
+        Ok(Some(info)) => info,
+        Ok(None) => bail!("{shown} holds no filesystem overlay-init recognises"),
+        Err(e) => bail!("{shown}: {e}"),
+    };
+    let host = image_host(&shown, &info.kind).map_err(|e| anyhow!(e))?;
+    if !host.writable {
+        bail!(
+            "{shown} holds {}, which is read-only: a persistence file on it cannot be written",
+            host.fstype
+        );
+    }
+    sys::mount::remount(target, MountFlags::NODEV | MountFlags::NOSUID, "").with_context(|| {
+        format!(
+            "remount the image host {shown} ({}) read-write",
+            host.fstype
+        )
+    })?;
+    if sys::mount::is_read_only(target)? {
+        bail!(
+            "{shown} ({}) stayed read-only after a read-write remount (write-protected?)",
+            host.fstype
+        );
+    }
+    log::info!(
+        "image host: {shown} ({}) read-write for the persistence file",
+        host.fstype
+    );
+    Ok(host)
+}

@@ -44,15 +44,27 @@ pub const TRASH_C: &CStr = c"trash";
 pub const BOOTCOUNT: &str = "bootcount";
 pub const BOOTCOUNT_C: &CStr = c"bootcount";
 
+/// In [`STATE_DIR`]: the lowers' identity at the last boot (`upgrade::identity`).
+pub const LOWER_IDENTITY: &str = "lower-identity";
+/// In [`STATE_DIR`]: the last lower change seen and what `ovl.upgrade=` did.
+pub const LAST_UPGRADE: &str = "last-upgrade";
+pub const LAST_UPGRADE_C: &CStr = c"last-upgrade";
+
 /// Mounts and state that stay visible in the running system (`/run` moves
 /// into the new root).
 pub const RUN_DIR: &str = "/run/overlay-init";
 /// This boot's state, for `overlay-init status`.
 pub const STATE_FILE: &str = "/run/overlay-init/state";
+/// This boot's lower identity and upgrade handling, for `overlay-init status`.
+pub const UPGRADE_STATE_FILE: &str = "/run/overlay-init/upgrade";
+/// Upper entries that shadow a path of a changed lower (`ovl.upgrade=keep|prune`).
+pub const SHADOWED_FILE: &str = "/run/overlay-init/shadowed";
 /// In [`RUN_DIR`] (or the staging's keep dir): a failsafe boot's changes.
 pub const FAILSAFE_UPPER: &str = "failsafe-upper";
 /// In [`RUN_DIR`]: the filesystem holding an `ovl.image=` file.
 pub const IMAGE_HOST: &str = "image-host";
+/// In [`RUN_DIR`]: the tmpfs holding the `ovl.image=` file copied by `ovl.toram`.
+pub const TORAM: &str = "toram";
 
 /// In [`RUN_DIR`]: extra lower number `n` (0-based, in `ovl.lower=` order).
 pub fn extra_lower_name(n: usize) -> String {
@@ -97,12 +109,18 @@ mod tests {
             (RESET_REQUEST, RESET_REQUEST_C),
             (TRASH, TRASH_C),
             (BOOTCOUNT, BOOTCOUNT_C),
+            (LAST_UPGRADE, LAST_UPGRADE_C),
         ] {
             assert_eq!(c.to_str().unwrap(), s);
         }
         assert_eq!(ROM, format!("/{ROM_NAME}"));
         assert_eq!(OVERLAY, format!("/{OVERLAY_NAME}"));
         assert_eq!(Path::new(STATE_FILE).parent(), Some(Path::new(RUN_DIR)));
+        assert_eq!(
+            LOWER_IDENTITY,
+            crate::upgrade::identity::RECORD_NAME,
+            "one name for the identity record"
+        );
     }
 
     #[test]

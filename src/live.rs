@@ -249,8 +249,10 @@ pub fn toram_fits(image_bytes: u64, available: u64) -> Result<(), String> {
 /// One progress line of the copy to RAM, e.g.
 /// `toram: 120.0 MiB of 700.0 MiB (17%), 40.0 MiB/s`.
 pub fn toram_progress(copied: u64, total: u64, elapsed: std::time::Duration) -> String {
-    let percent = (copied as u128 * 100)
-        .checked_div(total as u128)
+    // u64 (no u128 formatting in the binary): an image under 184 PB cannot overflow.
+    let percent = copied
+        .saturating_mul(100)
+        .checked_div(total)
         .unwrap_or(100)
         .min(100);
     let secs = elapsed.as_secs_f64();
@@ -264,6 +266,41 @@ pub fn toram_progress(copied: u64, total: u64, elapsed: std::time::Duration) -> 
         human(copied),
         human(total)
     )
+}
+
+/// How often `ovl.toram` prints a progress line.
+pub const TORAM_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The `size=` of the tmpfs `ovl.toram` copies an image of `image_bytes`
+/// into: the image rounded up to whole MiB, plus one MiB for the directories.
+pub fn toram_tmpfs_size(image_bytes: u64) -> u64 {
+    image_bytes.div_ceil(1 << 20).saturating_add(1) << 20
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes.
+pub fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?;
+    let kib = line.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Where `ovl.upper_create=` looks for the formatter, in the initramfs.
+pub const MKFS_EXT4_PATHS: &[&str] = &[
+    "/sbin/mkfs.ext4",
+    "/usr/sbin/mkfs.ext4",
+    "/bin/mkfs.ext4",
+    "/usr/bin/mkfs.ext4",
+];
+
+/// The label a persistence file made by `ovl.upper_create=` carries.
+pub const PERSISTENCE_LABEL: &str = "persistence";
+
+/// The formatter's arguments for a new persistence file at `file`: ext4
+/// (what `mkfs.ext4` makes), forced since the target is a regular file.
+pub fn mkfs_args(file: &str) -> Vec<&str> {
+    vec!["-F", "-L", PERSISTENCE_LABEL, file]
 }
 
 fn human(bytes: u64) -> String {

@@ -38,6 +38,16 @@ pub fn device_deadline(config: &Config) -> Option<Duration> {
     Some(Duration::from_secs(secs.into()))
 }
 
+/// The bound on waiting for the persistent upper: `rootwait` waits for the
+/// root (and extra lowers) without limit, never for the upper, whose absence
+/// is a tmpfs fallback. The device deadline when there is one, else
+/// `ovl.timeout=` or the default.
+pub fn upper_deadline(config: &Config) -> Duration {
+    device_deadline(config).unwrap_or_else(|| {
+        Duration::from_secs(config.timeout.unwrap_or(DEFAULT_DEVICE_TIMEOUT).into())
+    })
+}
+
 pub fn find_devices(
     config: &Config,
     root: &DeviceSpec,
@@ -98,7 +108,8 @@ pub fn wait_for_devices(
         sys::blockdev::DeviceWaiter::new().context("start watching for block devices")?;
     // The clock starts once the devices already there are known, so the wait the
     // error message reports is the whole of `ovl.timeout=`.
-    let deadline = device_deadline(config).map(|d| Instant::now() + d);
+    let started = Instant::now();
+    let deadline = device_deadline(config).map(|d| started + d);
     let found = if required.is_empty() {
         Vec::new()
     } else {
@@ -108,10 +119,12 @@ pub fn wait_for_devices(
             .map(|r| r.dev_path)
             .collect()
     };
-    // A missing upper never blocks boot: it is waited for, then degraded to tmpfs.
+    // A missing upper never blocks boot: it is waited for (never without
+    // limit, even with `rootwait`), then degraded to tmpfs.
+    let upper_deadline = Some(started + upper_deadline(config));
     let upper = match upper {
         None => None,
-        Some(spec) => match waiter.wait_for(&[spec], deadline, |_| {}) {
+        Some(spec) => match waiter.wait_for(&[spec], upper_deadline, |_| {}) {
             Ok(mut r) => r.pop().map(|r| r.dev_path),
             Err(e) => {
                 warn_box(
@@ -138,13 +151,15 @@ pub fn mount_extra_lowers(
     let mut mounted = Vec::new();
     for (n, spec) in config.lowers.iter().enumerate() {
         let target = staging.extra_lower(n);
+        // `SPEC@ROOTHASH`: mounted from a dm-verity device over it.
+        let verify = |data: &Path| crate::boot::verity::extra_lower(config, n, data);
         match spec {
             LowerSpec::Device(_) => {
                 let dev = device_iter.next().context("internal: lower device count")?;
-                mount_lower(dev, None, None, &target)?;
+                mount_lower(&verify(dev)?, None, None, &target)?;
             }
             LowerSpec::File(path) => {
-                mount_image(files_base, path, None, None, &target)?;
+                mount_image_verified(files_base, path, None, None, &target, &verify)?;
             }
         }
         mounted.push(target);
@@ -198,12 +213,29 @@ pub fn mount_image(
     flags: Option<&str>,
     target: &Path,
 ) -> Result<u64> {
-    let file = host.join(path.trim_start_matches('/'));
+    mount_image_verified(host, path, fstype, flags, target, &|d| Ok(d.to_path_buf()))
+}
+
+/// [`mount_image`], with `verify` mapping the loop device to the device to
+/// mount (a dm-verity device over it).
+pub fn mount_image_verified(
+    host: &Path,
+    path: &str,
+    fstype: Option<FsType>,
+    flags: Option<&str>,
+    target: &Path,
+    verify: &dyn Fn(&Path) -> Result<PathBuf>,
+) -> Result<u64> {
+    // Resolved inside the host filesystem, as `check_init` resolves the init:
+    // `..` and symlinks never leave it.
+    let file =
+        sys::dirfd::resolve_in_root(host, path).with_context(|| format!("image file {path}"))?;
     if !Path::new("/dev/loop-control").exists() {
         let _ = sys::modules::load_on_demand("loop");
     }
     let loop_dev = sys::loopdev::attach_image(&file)?;
-    let dev = mount_lower(loop_dev.path(), fstype, flags, target)
+    let dev = verify(loop_dev.path())
+        .and_then(|data| mount_lower(&data, fstype, flags, target))
         .with_context(|| format!("image file {path}"))?;
     // The mount holds the device now; autoclear frees it when the mount goes.
     loop_dev.keep();
@@ -220,6 +252,8 @@ mod tests {
         assert_eq!(device_deadline(&c), Some(Duration::from_secs(30)));
         c.rootwait = RootWait::Forever;
         assert_eq!(device_deadline(&c), None);
+        // The upper is never waited for without limit.
+        assert_eq!(upper_deadline(&c), Duration::from_secs(30));
         c.timeout = Some(5);
         assert_eq!(device_deadline(&c), Some(Duration::from_secs(5)));
         c.rootwait = RootWait::Secs(3);

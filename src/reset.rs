@@ -243,12 +243,13 @@ fn apply_inner(
         return Ok(ResetOutcome::SkippedFailsafe);
     }
     let root = dirfd::open_dir(upper_root)?;
-    let pending = request_pending_at(root.as_fd()).with_context(|| {
+    let request = read_request_at(root.as_fd()).with_context(|| {
         format!(
             "check for a reset request in {}",
             state_dir(upper_root).display()
         )
     })?;
+    let pending = request.is_some();
     let trigger = match decide(flags, pending) {
         Decision::Keep => return Ok(ResetOutcome::NotRequested),
         Decision::LeaveAloneFailsafe => return Ok(ResetOutcome::SkippedFailsafe),
@@ -265,7 +266,7 @@ fn apply_inner(
     }
     log::info!(
         "reset: {} asked for a factory reset of {}",
-        describe(trigger),
+        describe(trigger, request.as_ref()),
         upper_root.display()
     );
     let mut run = Run {
@@ -410,21 +411,100 @@ fn swap(root: BorrowedFd<'_>, name: &CStr, generation: BorrowedFd<'_>, aside: &C
     dirfd::fsync_dir(generation, "trash generation")
 }
 
-fn request_pending_at(root: BorrowedFd<'_>) -> Result<bool> {
+/// The pending request's details; `None` when no reset is pending.
+fn read_request_at(root: BorrowedFd<'_>) -> Result<Option<Request>> {
     let state = match dirfd::open_dir_at(root, STATE_DIR) {
         Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT) => return Ok(false),
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
         Err(e) => return Err(e).context(format!("open {}", crate::layout::STATE_DIR)),
     };
-    dirfd::exists_at(state.as_fd(), REQUEST)
+    Ok(dirfd::read_small_file(state.as_fd(), REQUEST)?.map(|c| Request::parse(&c)))
 }
 
-fn describe(trigger: Trigger) -> &'static str {
+fn describe(trigger: Trigger, request: Option<&Request>) -> &'static str {
+    let by_upgrade = request.and_then(|r| r.requested_by.as_deref()) == Some(REQUESTED_BY_UPGRADE);
     match trigger {
+        Trigger::Request if by_upgrade => "ovl.upgrade=reset (the lower changed)",
         Trigger::Cmdline => "ovl.reset on the kernel command line",
         Trigger::Request => "a pending request (overlay-init reset)",
         Trigger::CmdlineAndRequest => "ovl.reset and a pending request",
     }
+}
+
+/// `requested-by=` of a reset the upgrade step asked for.
+pub const REQUESTED_BY_UPGRADE: &str = "upgrade";
+
+/// A pending reset request, as recorded in `.overlay-init/reset-request`:
+/// `requested-by=cli|cmdline|upgrade`, `keep=none` (`overlay-init reset
+/// --all`: the keep-list is not carried), `carry-failures=N` (how many
+/// boots failed to carry the keep-list; see [`MAX_CARRY_FAILURES`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Request {
+    pub requested_by: Option<String>,
+    /// `false` for `keep=none`.
+    pub keep_none: bool,
+    pub carry_failures: u32,
+}
+
+/// After this many boots whose carry of the keep-list failed, the pending
+/// reset runs without the keep-list (a plain factory reset, with a warning):
+/// a keep-list that cannot be carried must not stop every boot forever.
+pub const MAX_CARRY_FAILURES: u32 = 2;
+
+impl Request {
+    /// Parse the request file; unknown lines are ignored (an older request
+    /// holds only `requested-by=`).
+    pub fn parse(contents: &[u8]) -> Request {
+        let text = String::from_utf8_lossy(contents);
+        let mut r = Request::default();
+        for line in text.lines() {
+            match line.split_once('=') {
+                Some(("requested-by", v)) => r.requested_by = Some(v.trim().to_string()),
+                Some(("keep", v)) => r.keep_none = v.trim() == "none",
+                Some(("carry-failures", v)) => r.carry_failures = v.trim().parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        r
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "requested-by={}\n",
+            self.requested_by.as_deref().unwrap_or("unknown")
+        );
+        if self.keep_none {
+            s.push_str("keep=none\n");
+        }
+        if self.carry_failures > 0 {
+            s.push_str(&format!("carry-failures={}\n", self.carry_failures));
+        }
+        s
+    }
+}
+
+/// The pending request on `upper_root`, if any.
+pub fn pending_request(upper_root: &Path) -> Result<Option<Request>> {
+    let root = dirfd::open_dir(upper_root)?;
+    read_request_at(root.as_fd()).with_context(|| {
+        format!(
+            "read the reset request in {}",
+            state_dir(upper_root).display()
+        )
+    })
+}
+
+/// Record `request` durably (replacing a pending one).
+pub fn write_request(upper_root: &Path, request: &Request) -> Result<()> {
+    let root = dirfd::open_dir(upper_root)?;
+    let (state, _) =
+        ensure_state_dir(root.as_fd()).with_context(|| format!("in {}", upper_root.display()))?;
+    dirfd::write_durably(state.as_fd(), REQUEST, request.render().as_bytes()).with_context(|| {
+        format!(
+            "record a reset request in {}",
+            state_dir(upper_root).display()
+        )
+    })
 }
 
 fn format_dev(dev: u64) -> String {
@@ -514,8 +594,12 @@ fn remove_trash_at(trash: BorrowedFd<'_>, label: &Path) -> Result<WipeReport> {
         began.elapsed(),
         report.removed,
         report.mount_points_left.len(),
-        report.failures.len()
+        report.failure_count
     );
+    if let Some(stopped) = &report.stopped {
+        log::warn!("reset: trash removal stopped at a filesystem-wide error: {stopped}");
+    }
+    // The first few by path; the count above says how many in all.
     for failure in &report.failures {
         log::warn!("reset: could not remove {failure}");
     }
@@ -525,6 +609,12 @@ fn remove_trash_at(trash: BorrowedFd<'_>, label: &Path) -> Result<WipeReport> {
 /// `overlay-init reset`: record a durable request, honoured at the next boot.
 /// `upper_root` is the upper's filesystem in the running system (`/overlay`).
 pub fn request(upper_root: &Path) -> Result<()> {
+    request_as(upper_root, "cli", false)
+}
+
+/// [`request`] by `requested_by`; `keep_none` (`overlay-init reset --all`)
+/// makes the reset ignore the keep-list.
+pub fn request_as(upper_root: &Path, requested_by: &str, keep_none: bool) -> Result<()> {
     let root = dirfd::open_dir(upper_root)?;
     if statfs::is_volatile_fs(root.as_fd())? {
         bail!(
@@ -534,12 +624,19 @@ pub fn request(upper_root: &Path) -> Result<()> {
     }
     let (state, _) =
         ensure_state_dir(root.as_fd()).with_context(|| format!("in {}", upper_root.display()))?;
-    dirfd::write_durably(state.as_fd(), REQUEST, b"requested-by=cli\n").with_context(|| {
-        format!(
-            "record a reset request in {}",
-            state_dir(upper_root).display()
-        )
-    })?;
+    let request = Request {
+        requested_by: Some(requested_by.to_string()),
+        keep_none,
+        carry_failures: 0,
+    };
+    dirfd::write_durably(state.as_fd(), REQUEST, request.render().as_bytes()).with_context(
+        || {
+            format!(
+                "record a reset request in {}",
+                state_dir(upper_root).display()
+            )
+        },
+    )?;
     log::info!(
         "reset: requested; the next boot wipes {}",
         upperdir(upper_root).display()
@@ -655,6 +752,33 @@ mod tests {
         );
         assert_eq!(parse_requested_by(b"garbage"), None);
         assert_eq!(parse_requested_by(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn request_round_trips_and_reads_old_requests() {
+        let r = Request {
+            requested_by: Some("upgrade".into()),
+            keep_none: true,
+            carry_failures: 1,
+        };
+        assert_eq!(
+            r.render(),
+            "requested-by=upgrade\nkeep=none\ncarry-failures=1\n"
+        );
+        assert_eq!(Request::parse(r.render().as_bytes()), r);
+        let old = Request::parse(b"requested-by=cli\n");
+        assert_eq!(old.requested_by.as_deref(), Some("cli"));
+        assert!(!old.keep_none);
+        assert_eq!(old.carry_failures, 0);
+        assert_eq!(Request::parse(b"carry-failures=x\n").carry_failures, 0);
+        assert_eq!(
+            describe(Trigger::Request, Some(&r)),
+            "ovl.upgrade=reset (the lower changed)"
+        );
+        assert_eq!(
+            describe(Trigger::Request, Some(&old)),
+            "a pending request (overlay-init reset)"
+        );
     }
 
     #[test]

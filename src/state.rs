@@ -46,6 +46,8 @@ pub struct BootState {
     pub boot_attempts: Option<u32>,
     /// `ovl.maxtries` (0 = off).
     pub maxtries: u32,
+    /// The root hash the main lower was verified with (`ovl.verity=`).
+    pub verity: Option<String>,
 }
 
 fn one_line(s: &str) -> String {
@@ -78,6 +80,9 @@ impl BootState {
             line("boot_attempts", &n.to_string());
         }
         line("maxtries", &self.maxtries.to_string());
+        if let Some(h) = &self.verity {
+            line("verity", h);
+        }
         out
     }
 
@@ -98,6 +103,7 @@ impl BootState {
                 "tmpfs_fallback" => state.tmpfs_fallback = Some(value),
                 "boot_attempts" => state.boot_attempts = value.parse().ok(),
                 "maxtries" => state.maxtries = value.parse().unwrap_or_default(),
+                "verity" => state.verity = Some(value),
                 _ => {}
             }
         }
@@ -118,6 +124,10 @@ impl BootState {
                     .into(),
             );
         }
+        lines.push(match &self.verity {
+            Some(h) => format!("lower: verified by dm-verity, root hash {h}"),
+            None => "lower: not verified (no ovl.verity=)".into(),
+        });
         lines.push(format!("upper: {}", self.upper));
         if let Some(why) = &self.tmpfs_fallback {
             lines.push(format!("tmpfs fallback: {why}"));
@@ -130,6 +140,113 @@ impl BootState {
             (None, _) => {}
         }
         lines
+    }
+}
+
+/// The lower's identity and the upgrade handling, for `overlay-init status`:
+/// written by the "upgrade" step to `/run/overlay-init/upgrade` (same
+/// `key=value` format, own file so it does not depend on when the boot state
+/// is written). `last_upgrade`, `upgrade_policy` and `upgrade_result` also
+/// persist in `.overlay-init/last-upgrade` on the upper, so a later boot
+/// still reports the last upgrade seen.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpgradeState {
+    /// The main lower's identity (`squashfs 2 (build x) 1a2b...`).
+    pub lower_identity: Option<String>,
+    /// Its os-release version (`IMAGE_VERSION`, else `VERSION_ID`; `BUILD_ID`).
+    pub lower_version: Option<String>,
+    /// The last change seen: `LAYER: OLD -> NEW[; ...]`.
+    pub last_upgrade: Option<String>,
+    /// The `ovl.upgrade=` policy applied to it.
+    pub upgrade_policy: Option<String>,
+    /// What it did, in a few words.
+    pub upgrade_result: Option<String>,
+    /// The change was seen by this boot (not an earlier one).
+    pub this_boot: bool,
+}
+
+impl UpgradeState {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (key, value) in [
+            ("lower_identity", &self.lower_identity),
+            ("lower_version", &self.lower_version),
+            ("last_upgrade", &self.last_upgrade),
+            ("upgrade_policy", &self.upgrade_policy),
+            ("upgrade_result", &self.upgrade_result),
+        ] {
+            if let Some(v) = value {
+                out.push_str(&format!("{key}={}\n", one_line(v)));
+            }
+        }
+        if self.this_boot {
+            out.push_str("upgrade_this_boot=1\n");
+        }
+        out
+    }
+
+    /// Unknown keys and malformed lines are skipped.
+    pub fn parse(text: &str) -> UpgradeState {
+        let mut s = UpgradeState::default();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            let v = Some(value.to_string());
+            match key {
+                "lower_identity" => s.lower_identity = v,
+                "lower_version" => s.lower_version = v,
+                "last_upgrade" => s.last_upgrade = v,
+                "upgrade_policy" => s.upgrade_policy = v,
+                "upgrade_result" => s.upgrade_result = v,
+                "upgrade_this_boot" => s.this_boot = value == "1",
+                _ => {}
+            }
+        }
+        s
+    }
+
+    /// Lines for `overlay-init status`.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some(id) = &self.lower_identity {
+            lines.push(format!("lower: {id}"));
+        }
+        if let Some(v) = &self.lower_version {
+            lines.push(format!("lower version: {v}"));
+        }
+        match &self.last_upgrade {
+            Some(change) => {
+                let when = if self.this_boot {
+                    "at this boot"
+                } else {
+                    "at an earlier boot"
+                };
+                lines.push(format!("last upgrade: {change} ({when})"));
+                let policy = self.upgrade_policy.as_deref().unwrap_or("unknown");
+                let result = self.upgrade_result.as_deref().unwrap_or("");
+                lines.push(format!("upgrade policy applied: {policy}: {result}"));
+            }
+            None => lines.push("last upgrade: none seen".into()),
+        }
+        lines
+    }
+}
+
+/// Write the upgrade state file (creating its directory).
+pub fn write_upgrade(path: &Path, state: &UpgradeState) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::write(path, state.render()).with_context(|| format!("write {}", path.display()))
+}
+
+/// Read the upgrade state file; `None` when the boot wrote none (a tmpfs upper).
+pub fn read_upgrade(path: &Path) -> Result<Option<UpgradeState>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(UpgradeState::parse(&text))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
     }
 }
 
@@ -163,6 +280,7 @@ mod tests {
             tmpfs_fallback: None,
             boot_attempts: Some(3),
             maxtries: 3,
+            verity: Some("4392712ba01368ef".into()),
         }
     }
 
@@ -171,7 +289,7 @@ mod tests {
         let s = failsafe();
         let text = s.render();
         assert!(text.starts_with("mode=failsafe\n"), "{text}");
-        assert_eq!(text.lines().count(), 6, "{text}");
+        assert_eq!(text.lines().count(), 7, "{text}");
         let back = BootState::parse(&text);
         assert_eq!(back.mode, Mode::Failsafe);
         assert_eq!(
@@ -180,6 +298,7 @@ mod tests {
         );
         assert_eq!(back.upper_device.as_deref(), Some("/dev/vdb"));
         assert_eq!(back.boot_attempts, Some(3));
+        assert_eq!(back.verity.as_deref(), Some("4392712ba01368ef"));
         let normal = BootState {
             upper: "/dev/vdb".into(),
             tmpfs_fallback: None,
@@ -201,6 +320,9 @@ mod tests {
     fn status_says_failsafe_and_why() {
         let lines = failsafe().describe();
         assert!(lines[0].starts_with("mode: failsafe (3 boots"), "{lines:?}");
+        assert!(lines
+            .iter()
+            .any(|l| l == "lower: verified by dm-verity, root hash 4392712ba01368ef"));
         let fallback = BootState {
             upper: "tmpfs".into(),
             upper_device: Some("/dev/vdb".into()),
@@ -210,10 +332,35 @@ mod tests {
         };
         let lines = fallback.describe();
         assert_eq!(lines[0], "mode: normal");
+        assert!(lines.iter().any(|l| l.starts_with("lower: not verified")));
         assert!(lines
             .iter()
             .any(|l| l == "tmpfs fallback: /dev/vdb: no filesystem"));
         assert!(lines.iter().any(|l| l.contains("off")));
+    }
+
+    #[test]
+    fn upgrade_state_round_trips_and_describes() {
+        let u = UpgradeState {
+            lower_identity: Some("squashfs 2 abcd".into()),
+            lower_version: Some("2".into()),
+            last_upgrade: Some("main: squashfs 1 aaaa\n-> squashfs 2 abcd".into()),
+            upgrade_policy: Some("keep".into()),
+            upgrade_result: Some("3 shadowed".into()),
+            this_boot: true,
+        };
+        let back = UpgradeState::parse(&u.render());
+        assert_eq!(
+            back.last_upgrade.as_deref(),
+            Some("main: squashfs 1 aaaa -> squashfs 2 abcd")
+        );
+        assert!(back.this_boot);
+        let lines = back.describe();
+        assert_eq!(lines[0], "lower: squashfs 2 abcd");
+        assert!(lines[2].ends_with("(at this boot)"), "{lines:?}");
+        assert_eq!(lines[3], "upgrade policy applied: keep: 3 shadowed");
+        let none = UpgradeState::parse("future=1\nlower_version=1\n").describe();
+        assert_eq!(none, ["lower version: 1", "last upgrade: none seen"]);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 use std::fmt;
 
+use crate::cmdline::{Config, Problems};
 use crate::devspec::DeviceSpec;
 use crate::probe::verity::{hex_lower, VeritySuperblock, SUPERBLOCK_BYTES};
 
@@ -38,33 +39,23 @@ impl RootHash {
     /// Parse hex digits (either case). The length is checked against the hash
     /// algorithm later, by [`plan_table`], once the superblock is read.
     pub fn parse(hex: &str) -> Result<Self, String> {
-        if hex.is_empty() {
-            return Err("the root hash is empty".into());
-        }
-        if let Some(bad) = hex.chars().find(|c| !c.is_ascii_hexdigit()) {
-            return Err(format!(
-                "{hex:?} is not a hex root hash ({bad:?} is not a hex digit)"
-            ));
-        }
-        if !hex.len().is_multiple_of(2) {
-            return Err(format!(
-                "{hex:?}: a root hash has an even number of hex digits, this has {}",
-                hex.len()
-            ));
-        }
-        if hex.len() < 2 * MIN_DIGEST_BYTES {
-            return Err(format!(
-                "{hex:?}: {} hex digits is too short for a root hash (at least {})",
-                hex.len(),
+        let ok = hex.len().is_multiple_of(2)
+            && hex.len() >= 2 * MIN_DIGEST_BYTES
+            && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        let bytes: Option<Vec<u8>> = ok
+            .then(|| {
+                (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                    .collect()
+            })
+            .flatten();
+        bytes.map(RootHash).ok_or_else(|| {
+            format!(
+                "{hex:?} is not a root hash: an even number of hex digits, at least {}",
                 2 * MIN_DIGEST_BYTES
-            ));
-        }
-        let bytes = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|e| format!("{hex:?}: {e}"))?;
-        Ok(RootHash(bytes))
+            )
+        })
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -121,7 +112,7 @@ impl OnError {
     pub const ACCEPTED: &'static str = "eio, restart or panic";
 
     /// The optional table argument, if any.
-    fn table_arg(self) -> Option<&'static str> {
+    pub fn table_arg(self) -> Option<&'static str> {
         match self {
             OnError::Eio => None,
             OnError::Restart => Some("restart_on_corruption"),
@@ -198,6 +189,55 @@ pub fn parse_lower_entry(entry: &str) -> Result<(&str, Option<RootHash>), String
     let hash = RootHash::parse(hash)
         .map_err(|e| format!("ovl.lower=: in {entry:?}, after the last '@': {e}"))?;
     Ok((spec, Some(hash)))
+}
+
+/// The four `ovl.verity*` parameters as given, before [`VerityConfig::from_params`]
+/// combines them (in `cmdline::check_conflicts`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Params {
+    pub root_hash: Option<RootHash>,
+    pub hash: Option<DeviceSpec>,
+    pub hash_offset: Option<u64>,
+    pub on_error: Option<OnError>,
+}
+
+// The `cmdline::OVL_PARAMS` parsers. A bad value of a parameter that asks for
+// verification is fatal: booting unverified is not a safe default.
+
+pub fn ovl_verity(c: &mut Config, v: Option<&str>, p: &mut Problems<'_>) {
+    match parse_verity(v.unwrap_or_default()) {
+        Ok(h) => c.verity_params.root_hash = Some(h),
+        Err(e) => p.fatal(e),
+    }
+}
+
+pub fn ovl_verity_hash(c: &mut Config, v: Option<&str>, p: &mut Problems<'_>) {
+    match parse_verity_hash(v.unwrap_or_default()) {
+        Ok(d) => c.verity_params.hash = Some(d),
+        Err(e) => p.fatal(e),
+    }
+}
+
+pub fn ovl_verity_hashoffset(c: &mut Config, v: Option<&str>, p: &mut Problems<'_>) {
+    match parse_verity_hashoffset(v.unwrap_or_default()) {
+        Ok(o) => c.verity_params.hash_offset = Some(o),
+        Err(e) => p.fatal(e),
+    }
+}
+
+pub fn ovl_verity_onerror(c: &mut Config, v: Option<&str>, p: &mut Problems<'_>) {
+    match parse_verity_onerror(v.unwrap_or_default()) {
+        Ok(o) => c.verity_params.on_error = Some(o),
+        // eio is the mode that keeps the system up: the safe default.
+        Err(e) => p.warn(format!("{e}; using eio")),
+    }
+}
+
+/// Combine the `ovl.verity*` parameters into `config.verity`; `Err` is fatal.
+pub fn resolve(config: &mut Config) -> Result<(), String> {
+    let p = config.verity_params.clone();
+    config.verity = VerityConfig::from_params(p.root_hash, p.hash, p.hash_offset, p.on_error)?;
+    Ok(())
 }
 
 /// Verification of the main lower, from the `ovl.verity*` parameters.
@@ -295,19 +335,15 @@ pub fn hash_start_block(hash_offset: u64, hash_block_size: u32) -> u64 {
     (hash_offset + SUPERBLOCK_BYTES as u64).div_ceil(u64::from(hash_block_size))
 }
 
-/// The table line of dm-verity (version 1 format, see the kernel's
+/// The table line of dm-verity (version 1 format; the hash offset is a
+/// multiple of 512, as `parse_verity_hashoffset` and `appended_hash_offset`
+/// give it, and the devices are `MAJOR:MINOR`; see the kernel's
 /// `Documentation/admin-guide/device-mapper/verity.rst`):
 ///
 /// `<version> <dev> <hash_dev> <data_block_size> <hash_block_size>
 /// <num_data_blocks> <hash_start_block> <algorithm> <digest> <salt>
 /// [<#opt_params> <opt_params>]`
 pub fn plan_table(spec: &VeritySpec, sb: &VeritySuperblock) -> Result<VerityTable, String> {
-    if !spec.hash_offset.is_multiple_of(512) {
-        return Err(format!(
-            "hash offset {} of {} is not a multiple of 512",
-            spec.hash_offset, spec.hash_device
-        ));
-    }
     if let Some(expected) = digest_bytes(&sb.algorithm) {
         let got = spec.root_hash.as_bytes().len();
         if got != expected {
@@ -319,13 +355,6 @@ pub fn plan_table(spec: &VeritySpec, sb: &VeritySuperblock) -> Result<VerityTabl
                 spec.hash_device,
                 sb.algorithm,
                 2 * expected
-            ));
-        }
-    }
-    for (what, device) in [("data", &spec.data_device), ("hash", &spec.hash_device)] {
-        if device.is_empty() || device.chars().any(|c| c.is_whitespace()) {
-            return Err(format!(
-                "{what} device {device:?} cannot go on a table line"
             ));
         }
     }
@@ -418,11 +447,19 @@ pub fn check_sizes(
             spec.data_device, spec.hash_offset
         ));
     }
-    let tree_start =
-        hash_start_block(spec.hash_offset, sb.hash_block_size) * u64::from(sb.hash_block_size);
-    if tree_start >= hash_device_bytes {
+    // One data block has no tree: its hash is the root hash (the kernel's
+    // levels = 0), so the hash area may end right after the superblock.
+    let tree_block = if sb.data_blocks > 1 {
+        u64::from(sb.hash_block_size)
+    } else {
+        0
+    };
+    let tree_end = hash_start_block(spec.hash_offset, sb.hash_block_size)
+        * u64::from(sb.hash_block_size)
+        + tree_block;
+    if tree_end > hash_device_bytes {
         return Err(format!(
-            "{} ends at {hash_device_bytes} bytes, before its hash tree would start ({tree_start})",
+            "{} ends at {hash_device_bytes} bytes, before its hash tree does ({tree_end})",
             spec.hash_device
         ));
     }
@@ -570,12 +607,6 @@ mod tests {
             "{error}"
         );
         assert!(error.contains("/dev/vdb"), "{error}");
-        let error =
-            plan_table(&spec("/dev/vda", "/dev/vdb", 100, root(SEPARATE_ROOT)), &sb).unwrap_err();
-        assert!(error.contains("multiple of 512"), "{error}");
-        let error =
-            plan_table(&spec("/dev/a b", "/dev/vdb", 0, root(SEPARATE_ROOT)), &sb).unwrap_err();
-        assert!(error.contains("data device"), "{error}");
 
         let s = spec("/dev/vda", "/dev/vdb", 0, root(SEPARATE_ROOT));
         let error = check_sizes(&s, &sb, 16383, 8192).unwrap_err();
@@ -593,10 +624,12 @@ mod tests {
         assert_eq!(hash.to_string(), SEPARATE_ROOT.trim());
         assert_eq!(hash.as_bytes().len(), 32);
         for (bad, says) in [
-            ("", "empty"),
-            ("xyz", "'x' is not a hex digit"),
-            ("abc", "even number"),
-            ("abcd", "too short"),
+            ("", "not a root hash"),
+            ("xyz", "not a root hash"),
+            ("abc", "not a root hash"),
+            ("abcd", "at least 40"),
+            (&"+0".repeat(20), "hex digits"),
+            (&"é".repeat(20), "hex digits"),
         ] {
             let error = parse_verity(bad).unwrap_err();
             assert!(error.starts_with("ovl.verity=: "), "{error}");

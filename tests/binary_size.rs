@@ -13,8 +13,10 @@ use std::process::Command;
 use common::{repo_dir, run};
 
 /// Bytes: 733,552 (716 KiB) measured when this limit was set (2026-11-30, Rust 1.95, musl),
-/// plus about 3% (the size moves in 4 KiB steps: the segments are page-aligned).
-const LIMIT: u64 = 740 * 1024;
+/// plus about 3% (the size moves in 4 KiB steps: the segments are page-aligned); raised by
+/// 20 KiB for dm-verity (issue 16's budget), whose wiring measured 774,544 bytes against
+/// 741,744 before it (+32 KiB, over that budget: see the branch's report).
+const LIMIT: u64 = 760 * 1024;
 /// Issue 17's target, for the message.
 const TARGET: u64 = 400 * 1024;
 

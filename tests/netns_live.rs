@@ -276,3 +276,66 @@ fn image_hosts_mount_read_only_and_their_image_file_loop_mounts() {
         },
     );
 }
+
+/// A persistence file's host: an ext4 medium mounted read-only as an image host is remounted
+/// read-write; `ovl.upper_create`'s file is made sparse, formatted (with the host's
+/// mkfs.ext4) and attached read-write; a formatter that fails leaves no file behind.
+#[test]
+fn a_persistence_file_is_created_on_a_remounted_host_and_attached_read_write() {
+    use netns_support::{in_private_mount_namespace, Ext4};
+    use overlay_init::boot::live::create_upper_file;
+    use overlay_init::hostmount::{mount_image_host, remount_read_write, HostAccess};
+    use overlay_init::sys::loopdev::{AttachOptions, LoopDevice};
+    use overlay_init::sys::mount::is_read_only;
+    use std::os::unix::fs::MetadataExt;
+
+    in_private_mount_namespace(
+        "a_persistence_file_is_created_on_a_remounted_host_and_attached_read_write",
+        |dir| {
+            let medium = dir.join("medium");
+            tree(&medium, &[("live/readme", "a stick\n")]);
+            let image = dir.join("host.ext4");
+            Ext4::mib(64).contents(&medium).write_to(&image);
+            let dev = Loop::attach(&image, false);
+            let host = dir.join("host");
+            mount_image_host(&dev.dev, &host, HostAccess::ReadOnly)
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            assert!(is_read_only(&host).unwrap());
+            remount_read_write(&dev.dev, &host).unwrap_or_else(|e| panic!("{e:#}"));
+            assert!(!is_read_only(&host).unwrap());
+
+            let file = host.join("live/persist.img");
+            let size = 32u64 << 20;
+            create_upper_file(&file, size, Path::new("/sbin/mkfs.ext4"))
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            let meta = fs::metadata(&file).unwrap();
+            assert_eq!(meta.len(), size);
+            assert!(
+                meta.blocks() * 512 < size,
+                "not sparse: {} blocks",
+                meta.blocks()
+            );
+            let blkid = run(Command::new("blkid")
+                .args(["-p", "-o", "value", "-s", "TYPE"])
+                .arg(&file));
+            assert_eq!(blkid.trim(), "ext4");
+            let attached = LoopDevice::attach_read_write(&file, AttachOptions::default())
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            assert!(!attached.is_read_only().unwrap());
+            attached.detach().unwrap();
+
+            let bad = host.join("live/bad.img");
+            let err = create_upper_file(&bad, size, Path::new("/bin/false"))
+                .expect_err("/bin/false formats nothing");
+            let err = format!("{err:#}");
+            assert!(
+                err.contains("/bin/false failed with exit status 1"),
+                "{err}"
+            );
+            assert!(!bad.exists(), "the half-made file was left: {err}");
+            let exists = create_upper_file(&file, size, Path::new("/sbin/mkfs.ext4"))
+                .expect_err("an existing file is never overwritten");
+            assert!(format!("{exists:#}").contains("create "), "{exists:#}");
+        },
+    );
+}

@@ -978,3 +978,104 @@ fn carry_never_crosses_a_mount() {
         assert_eq!(report.linked, 1);
     });
 }
+
+const REQUEST_ONLY: BootFlags = BootFlags {
+    cmdline_reset: false,
+    failsafe: false,
+};
+
+/// The boot's reset step (`boot::upgrade::apply_reset`) on the world.
+fn boot_reset(world: &World) -> anyhow::Result<ResetOutcome> {
+    overlay_init::boot::upgrade::apply_reset(
+        &world.upper_root(),
+        REQUEST_ONLY,
+        world.lower_dev().unwrap(),
+        std::slice::from_ref(&world.lower.target),
+    )
+}
+
+/// A keep-list that cannot be carried (here: a kept tree deeper than the
+/// carry goes) fails the reset before the swap, is counted in the request,
+/// and after `MAX_CARRY_FAILURES` boots the reset runs without the keep-list:
+/// it never fails every boot forever.
+#[test]
+fn carry_failures_are_counted_then_the_reset_keeps_nothing() {
+    in_private_mount_namespace(
+        "carry_failures_are_counted_then_the_reset_keeps_nothing",
+        |scratch| {
+            let world = World::new(scratch, &v1_lower(scratch));
+            let upper = reset::upperdir(&world.upper_root());
+            fs::create_dir_all(upper.join("etc/overlay-init")).unwrap();
+            fs::write(
+                upper.join("etc/overlay-init/keep"),
+                "/deep\n/etc/app.conf\n",
+            )
+            .unwrap();
+            fs::write(upper.join("etc/app.conf"), "edited\n").unwrap();
+            fs::write(upper.join("secret"), "s\n").unwrap();
+            let mut deep = upper.join("deep");
+            for _ in 0..sys_carry_max_depth() + 4 {
+                deep.push("d");
+            }
+            fs::create_dir_all(&deep).unwrap();
+            reset::request(&world.upper_root()).unwrap();
+            for failure in 1..=reset::MAX_CARRY_FAILURES {
+                let e = format!("{:#}", boot_reset(&world).unwrap_err());
+                assert!(e.contains(&format!("(failure {failure})")), "{e}");
+                let pending = reset::pending_request(&world.upper_root())
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(pending.carry_failures, failure);
+                assert_eq!(pending.requested_by.as_deref(), Some("cli"));
+                assert!(upper.join("secret").exists(), "the old upper is intact");
+            }
+            let outcome = boot_reset(&world).unwrap();
+            assert!(matches!(outcome, ResetOutcome::Done { .. }), "{outcome:?}");
+            let upper = reset::upperdir(&world.upper_root());
+            assert_eq!(fs::read_dir(&upper).unwrap().count(), 0, "nothing kept");
+            assert_eq!(reset::pending_request(&world.upper_root()).unwrap(), None);
+        },
+    );
+}
+
+fn sys_carry_max_depth() -> usize {
+    overlay_init::sys::carry::MAX_DEPTH
+}
+
+/// Every reset carries the keep-list of the merged view (the upper's copy
+/// wins over the lower's); `overlay-init reset --all` carries nothing.
+#[test]
+fn reset_request_carries_the_keep_list_and_reset_all_does_not() {
+    in_private_mount_namespace(
+        "reset_request_carries_the_keep_list_and_reset_all_does_not",
+        |scratch| {
+            let world = World::new(scratch, &v1_lower(scratch));
+            let root = world.upper_root();
+            let upper = reset::upperdir(&root);
+            fs::create_dir_all(upper.join("etc/overlay-init")).unwrap();
+            fs::write(upper.join("etc/overlay-init/keep"), "/etc/app.conf\n").unwrap();
+            fs::write(upper.join("etc/app.conf"), "edited\n").unwrap();
+            fs::write(upper.join("secret"), "s\n").unwrap();
+            reset::request(&root).unwrap();
+            boot_reset(&world).unwrap();
+            let upper = reset::upperdir(&root);
+            assert_eq!(
+                fs::read_to_string(upper.join("etc/app.conf")).unwrap(),
+                "edited\n"
+            );
+            assert!(!upper.join("secret").exists());
+            // The keep-list itself was not in the list: the lower has none, so
+            // the next reset keeps nothing...
+            fs::create_dir_all(upper.join("etc/overlay-init")).unwrap();
+            fs::write(upper.join("etc/overlay-init/keep"), "/etc/app.conf\n").unwrap();
+            // ...and --all ignores even a keep-list that is there.
+            reset::request_as(&root, "cli", true).unwrap();
+            boot_reset(&world).unwrap();
+            assert_eq!(
+                fs::read_dir(reset::upperdir(&root)).unwrap().count(),
+                0,
+                "reset --all keeps nothing"
+            );
+        },
+    );
+}

@@ -186,12 +186,6 @@ fn upper_disk_attached_while_the_init_waits_is_found_and_used() {
 }
 
 /// The kernel's timestamp (`[  12.345678] `) of the first console line containing `text`.
-fn kernel_time_of(result: &BootResult, text: &str) -> Option<f64> {
-    let line = result.console.lines().find(|line| line.contains(text))?;
-    let stamp = line.trim_start().strip_prefix('[')?.split(']').next()?;
-    stamp.trim().parse().ok()
-}
-
 /// `root=LABEL=` naming nothing: the init gives up after `ovl.timeout`, not later, and the
 /// failure names the spec and lists the devices it saw with their names and ids.
 #[test]
@@ -256,10 +250,12 @@ fn missing_label_fails_after_the_timeout(arch: Arch) {
         "waited {waited} s for ovl.timeout={TIMEOUT_SECS}\n{result:?}"
     );
     // The wait starts when the modules step ends.
-    let started =
-        kernel_time_of(&result, "overlay-init: step modules:").expect("no modules step line");
-    let failed =
-        kernel_time_of(&result, "overlay-init: boot failed at step").expect("no failure line");
+    let started = result
+        .kernel_time_of("overlay-init: step modules:")
+        .expect("no modules step line");
+    let failed = result
+        .kernel_time_of("overlay-init: boot failed at step")
+        .expect("no failure line");
     assert!(
         failed - started < f64::from(TIMEOUT_SECS) + 1.0,
         "the failure came {:.2} s after the wait began, for ovl.timeout={TIMEOUT_SECS}\n{result:?}",

@@ -227,6 +227,9 @@ fn router_mode_kernel_mounted_squashfs_root_persists_and_resets() {
     // The boot counter and the state file are kept in router mode too.
     assert_output(&second, "upper: /dev/vda2");
     assert_output(&second, "boot attempts since mark-good: 2 of 3");
+    // The lower's identity, read from the device the kernel mounted as / (issue 13).
+    assert_output(&second, "lower: squashfs");
+    assert_output(&second, "last upgrade: none seen");
     assert_output(&second, "boot marked good");
     // On the partition itself, the file sits in upper/.
     let data_image = scratch.join("data.ext4");

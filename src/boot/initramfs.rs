@@ -11,8 +11,9 @@ use super::steps::{mount_api_filesystem, upper_name, API_MOUNTS};
 use super::{Devices, MainLower};
 use crate::cmdline::{Config, UpperSpec};
 use crate::devspec::DeviceSpec;
+use crate::hostmount::{mount_image_host, HostAccess};
 use crate::lower::{
-    find_devices as wait_for_root, lower_device_specs, mount_image,
+    find_devices as wait_for_root, lower_device_specs, mount_image_verified,
     mount_lower as mount_lower_device,
 };
 use crate::overlay::Staging;
@@ -67,30 +68,40 @@ pub fn check_config(config: &Config) -> Result<String> {
 /// upper device (a missing one boots on tmpfs).
 pub fn find_devices(config: &Config) -> Result<Devices> {
     let root_spec = config.root.as_ref().context("root= is missing")?;
-    let lower_devices: Vec<DeviceSpec> = lower_device_specs(config).into_iter().cloned().collect();
+    let mut lower_devices: Vec<DeviceSpec> =
+        lower_device_specs(config).into_iter().cloned().collect();
+    // The ovl.verity_hash= device is waited for like a lower (required).
+    let verity_hash = config.verity.as_ref().and_then(|v| v.hash_device.clone());
+    lower_devices.extend(verity_hash.clone());
     let upper_device = match &config.upper {
         UpperSpec::Device(d) => Some(d),
-        UpperSpec::Tmpfs => None,
+        UpperSpec::Tmpfs | UpperSpec::File(_) => None,
     };
-    let found = wait_for_root(config, root_spec, upper_device, &lower_devices)?;
+    let mut found = wait_for_root(config, root_spec, upper_device, &lower_devices)?;
+    let verity_hash = verity_hash.and_then(|_| found.lowers.pop());
     Ok(Devices {
         root: Some(found.root),
         upper: found.upper,
         lowers: found.lowers,
+        verity_hash,
     })
 }
 
 /// Mount `root=` read-only at `/rom`; with `ovl.image=`, mount it at the
 /// image's host instead and loop-mount the image file at `/rom`.
+/// With `ovl.verity=`, the lower is mounted from a dm-verity device over
+/// `root=` (or over the image's loop device).
 pub fn mount_lower(config: &Config, devices: &Devices, staging: &Staging) -> Result<MainLower> {
     let root = devices
         .root
         .as_deref()
         .context("internal: root device not resolved")?;
+    let hash = devices.verity_hash.as_deref();
+    let verify = |data: &Path| super::verity::main_lower(config, data, hash);
     let (dev, files_base) = match &config.image {
         None => (
             mount_lower_device(
-                root,
+                &verify(root)?,
                 config.rootfstype,
                 config.rootflags.as_deref(),
                 &staging.rom(),
@@ -98,16 +109,19 @@ pub fn mount_lower(config: &Config, devices: &Devices, staging: &Staging) -> Res
             staging.rom(),
         ),
         Some(image) => {
-            // root= holds the image file: mount it read-only, loop-mount the file.
+            // root= holds the image file (an ISO, a FAT/exFAT stick, ext4, ...):
+            // mount it read-only, loop-mount the file (from RAM with ovl.toram).
             let host = staging.image_host();
-            mount_lower_device(root, None, None, &host)?;
+            mount_image_host(root, &host, HostAccess::ReadOnly)?;
             log::info!("ovl.image={image} on {}", root.display());
-            let dev = mount_image(
-                &host,
+            let image_dir = crate::boot::live::image_source(config, staging, &host, image)?;
+            let dev = mount_image_verified(
+                &image_dir,
                 image,
                 config.rootfstype,
                 config.rootflags.as_deref(),
                 &staging.rom(),
+                &verify,
             )?;
             (dev, host)
         }

@@ -90,6 +90,12 @@ pub fn check_config(config: &Config, argv0: &str) -> Result<String> {
              is the lower (boot with an initramfs, or put the image's content on root=)"
         );
     }
+    if config.verity.is_some() {
+        bail!(
+            "ovl.verity= needs initramfs mode: in router mode the kernel mounted the root \
+             before overlay-init ran (verify it with the kernel's dm-mod.create=, or use an initramfs)"
+        );
+    }
     router::real_init(config, argv0)
 }
 
@@ -99,7 +105,7 @@ pub fn find_devices(config: &Config) -> Result<Devices> {
     let lowers = lower::lower_device_specs(config);
     let upper = match &config.upper {
         UpperSpec::Device(d) => Some(d),
-        UpperSpec::Tmpfs => None,
+        UpperSpec::Tmpfs | UpperSpec::File(_) => None,
     };
     if lowers.is_empty() && upper.is_none() {
         return Ok(Devices::default());
@@ -109,6 +115,7 @@ pub fn find_devices(config: &Config) -> Result<Devices> {
         root: None,
         upper,
         lowers,
+        verity_hash: None,
     })
 }
 
@@ -160,6 +167,15 @@ mod tests {
         assert!(err.contains("ovl.image=/images/root.sqsh"), "{err}");
         assert!(err.contains("initramfs mode"), "{err}");
         assert!(check_config(&Config::default(), "/sbin/overlay-init").is_ok());
+        let verified = crate::cmdline::parse(
+            "ovl.verity=4392712ba01368efdf14b05c76f9e4df0d53664630b5d48632ed17a137f39076 \
+             ovl.verity_hashoffset=4096",
+        )
+        .config;
+        let err = check_config(&verified, "/sbin/overlay-init")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ovl.verity= needs initramfs mode"), "{err}");
     }
 
     #[test]

@@ -11,8 +11,11 @@ pub mod firstboot;
 pub mod fullupper;
 pub mod initramfs;
 pub mod kernel_root;
+pub mod live;
 pub mod steps;
+pub mod upgrade;
 pub mod upper;
+pub mod verity;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -112,13 +115,30 @@ pub fn sequence(
     lowers.extend(t.step("extra lowers", || {
         lower::mount_extra_lowers(config, &devices.lowers, &main.files_base, &staging)
     })?);
+    let upper_file = t.step("upper file", || {
+        let root = devices.root.as_deref();
+        live::attach_upper_file(config, &staging, root, early_failsafe.is_some())
+    })?;
     let device = devices.upper.as_deref();
+    let device = device.or(upper_file.as_ref().map(|file| file.path()));
     let mut upper = t.step("upper", || {
         upper::mount_upper(config, &staging, device, early_failsafe)
     })?;
+    // Mounted, the loop device stays (autoclear); unused, it is detached.
+    drop(upper_file);
+    // Counted as soon as the upper is read-write, before anything uses it: an
+    // upper that breaks a later step still counts towards `ovl.maxtries`.
+    let attempts = t.step("record boot", || {
+        Ok(upper::record_boot(config, &staging, &upper))
+    })?;
+    if let UpperKind::Persistent(_) = &upper {
+        t.step("upgrade", || {
+            upgrade::check_lowers(config, &staging, &lowers)
+        })?;
+    }
     if let UpperKind::Persistent(dev) = &upper {
         upper = t.step("reset", || {
-            upper::apply_reset(config, &staging, dev, main.dev)
+            upper::apply_reset(config, &staging, dev, main.dev, &lowers)
         })?;
     }
     let dirs = t.step("upper dirs", || {
@@ -129,20 +149,24 @@ pub fn sequence(
     })?;
     t.step("move layers", || mode.move_layers(&staging))?;
     t.step("check init", || {
-        sys::switch::check_init(&staging.root(), &init)
+        sys::switch::check_init(&staging.root(), &init)?;
+        verity::check_init(config, &staging.root(), &init)
     })?;
-    t.step("record boot", || {
-        upper::record_boot(config, &staging, &upper);
+    t.step("boot state", || {
+        upper::write_boot_state(config, &upper, attempts);
+        verity::arm_on_error(config, &upper);
         Ok(())
     })?;
     t.step("move api mounts", || mode.move_api_mounts(&staging))?;
-    let notes = match mode {
-        RootMode::Initramfs => {
-            initramfs::freed_note(t.step("free initramfs", sys::switch::free_initramfs)?)
-        }
-        RootMode::KernelRoot => "router mode".to_string(),
+    // The initramfs is freed only after the switch, through a descriptor
+    // opened before it (systemd's order): a failed switch keeps the rescue shell.
+    let old_root = t.step("switch root", || mode.switch_root(&staging))?;
+    let notes = match old_root {
+        Some(fd) => initramfs::freed_note(t.step("free initramfs", || {
+            sys::switch::free_old_root(std::os::fd::AsFd::as_fd(&fd))
+        })?),
+        None => "router mode".to_string(),
     };
-    t.step("switch root", || mode.switch_root(&staging))?;
     Ok(Booted {
         init,
         upper,
@@ -160,6 +184,8 @@ pub struct Devices {
     pub upper: Option<PathBuf>,
     /// The `ovl.lower=` devices, in order.
     pub lowers: Vec<PathBuf>,
+    /// The `ovl.verity_hash=` device.
+    pub verity_hash: Option<PathBuf>,
 }
 
 /// The main lower, mounted.
@@ -255,10 +281,15 @@ impl RootMode {
         }
     }
 
-    pub fn switch_root(self, staging: &Staging) -> Result<()> {
+    /// Returns the old root (the initramfs), still to be freed, if any.
+    pub fn switch_root(self, staging: &Staging) -> Result<Option<std::os::fd::OwnedFd>> {
         match self {
-            RootMode::Initramfs => sys::switch::enter_new_root(&staging.root()),
-            RootMode::KernelRoot => crate::router::pivot_into_new_root(staging),
+            RootMode::Initramfs => {
+                let old_root = sys::switch::open_old_root()?;
+                sys::switch::enter_new_root(&staging.root())?;
+                Ok(Some(old_root))
+            }
+            RootMode::KernelRoot => crate::router::pivot_into_new_root(staging).map(|()| None),
         }
     }
 }
@@ -289,5 +320,16 @@ mod tests {
             })
             .collect();
         assert_eq!(listed, steps);
+    }
+
+    /// systemd's switch-root order: the initramfs is freed after the switch,
+    /// so a switch that fails still has the rescue shell.
+    #[test]
+    fn the_initramfs_is_freed_after_the_switch() {
+        let code = include_str!("mod.rs");
+        let code = &code[..code.find("#[cfg(test)]").unwrap()];
+        let switch = code.find(".step(\"switch root\"").unwrap();
+        let free = code.find(".step(\"free initramfs\"").unwrap();
+        assert!(switch < free);
     }
 }

@@ -60,14 +60,24 @@ pub fn upper_name(config: &Config) -> String {
     match &config.upper {
         UpperSpec::Tmpfs => "tmpfs".to_string(),
         UpperSpec::Device(d) => d.to_string(),
+        UpperSpec::File(path) => path.clone(),
     }
 }
 
 /// Read and check `/proc/cmdline`: problems are logged, a fatal one ends the
 /// boot (with the failure handler). Sets the log level and the panic hook.
 pub fn load_config() -> Config {
-    let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let parsed = cmdline::parse(cmdline_text.trim_end());
+    // Bytes: one parameter that is not UTF-8 is reported and left out, the
+    // rest is used (read_to_string would have dropped the whole line).
+    let (cmdline_text, not_utf8) = match std::fs::read("/proc/cmdline") {
+        Ok(bytes) => crate::cmdline_bytes::decode(&bytes),
+        Err(e) => {
+            log::error!("read /proc/cmdline: {e}; booting with no parameters");
+            (String::new(), Vec::new())
+        }
+    };
+    let mut parsed = cmdline::parse(&cmdline_text);
+    parsed.problems.extend(not_utf8);
     crate::logger::set_debug(parsed.config.debug);
     crate::boot::failure::install_panic_hook(parsed.config.onfail);
     for problem in &parsed.problems {
@@ -122,6 +132,13 @@ pub const ON_DEMAND_MODULES: &[&str] = &[
     // The device-mapper stack (and what only it needs), only for `ovl.verity=`:
     // crate::verity::MODULES.
     "dm_verity",
+    // Image hosts (`ovl.image=` on an ISO or a FAT/exFAT stick, the `--live`
+    // preset): hostmount::mount_image_host loads the one it mounts.
+    "isofs",
+    "vfat",
+    "exfat",
+    "nls_cp437",
+    "nls_ascii",
 ];
 
 /// Load the kernel modules the module index lists, if there is one

@@ -103,20 +103,21 @@ pub fn mount_upper(
 }
 
 /// The "reset" step, on a persistent upper only: apply a pending factory
-/// reset (`lower_dev` is the main lower's device: a reset refuses to run on
-/// it). A reset that did not finish left the old upper and the request in
+/// reset, carrying the keep-list of the merged view of `lowers` and the upper
+/// (`lower_dev` is the main lower's device: a reset refuses to run on it). A reset that did not finish left the old upper and the request in
 /// place: boot clean on a tmpfs, retry next boot.
 pub fn apply_reset(
     config: &Config,
     staging: &Staging,
     dev: &Path,
     lower_dev: u64,
+    lowers: &[PathBuf],
 ) -> Result<UpperKind> {
     let flags = crate::reset::BootFlags {
         cmdline_reset: config.reset,
         failsafe: config.failsafe,
     };
-    match crate::reset::apply_pending(&staging.upper_fs(), flags, Some(lower_dev)) {
+    match super::upgrade::apply_reset(&staging.upper_fs(), flags, lower_dev, lowers) {
         Ok(outcome) => {
             log::debug!("reset: {outcome:?}");
             Ok(UpperKind::Persistent(dev.to_path_buf()))
@@ -194,12 +195,43 @@ pub fn mount_overlay(
             if sys::mount::is_mountpoint(&root) {
                 sys::mount::umount(&root, false)?;
             }
+            // work/ holds only what overlayfs left mid-operation: empty it
+            // (frees space on a full upper, clears a stuck entry) and try once more.
+            log::warn!(
+                "overlay on {} failed: {why:#}; recreating work/ and retrying",
+                dev.display()
+            );
+            match recreate_work(&work)
+                .and_then(|()| overlay::mount_overlay(lowers, &upper, &work, &root))
+            {
+                Ok(()) => return Ok(()),
+                Err(again) => {
+                    log::warn!("overlay on {} failed again: {again:#}", dev.display());
+                    if sys::mount::is_mountpoint(&root) {
+                        sys::mount::umount(&root, false)?;
+                    }
+                }
+            }
             *kind = degrade_to_tmpfs(config, staging, &dev.clone(), &why, true)?;
             let (upper, work) = overlay::prepare_upper_dirs(&staging.upper_fs())?;
             overlay::mount_overlay(lowers, &upper, &work, &root)
         }
         (Err(why), _) => Err(why),
     }
+}
+
+/// Empty the overlay's `work/` (never following a symlink, never crossing a mount).
+fn recreate_work(work: &Path) -> Result<()> {
+    let fd = sys::dirfd::open_dir(work)?;
+    let report = sys::wipe::wipe_contents(std::os::fd::AsFd::as_fd(&fd), work)?;
+    if !report.is_complete() {
+        bail!(
+            "{} could not be emptied: {:?}",
+            work.display(),
+            report.failures
+        );
+    }
+    Ok(())
 }
 
 /// A failsafe boot must not go unnoticed: a box on the console, and the log.
@@ -291,17 +323,45 @@ fn mount_persistent_upper(
     }
     let checked = (|| {
         let attempts = crate::bootcount::read(target)?;
+        // An explicit factory reset (`ovl.reset`, or a pending `overlay-init
+        // reset`) is the remedy for a broken configuration: it beats the
+        // boot-loop failsafe, and clears the counter. (`ovl.failsafe` never
+        // gets here: it never resets.)
+        let reset_coming = config.reset || reset_pending(target);
+        let mut clear_counter = false;
         if let Some(reason) = failsafe::boot_loop_reason(attempts, config.maxtries) {
-            return Ok(Some(reason));
-        }
-        // A reset about to run frees the space: it is no reason to fall back.
-        let reset_coming = config.reset || crate::reset::status(target)?.reset_pending;
-        if let Some(full) = sys::upperfs::free_space(target)?.full_reason() {
             if !reset_coming {
-                bail!("{}: {full}", dev.display());
+                return Ok(Some(reason));
             }
+            log::warn!(
+                "{reason}, but a factory reset is asked for: it is applied, the counter cleared"
+            );
+            clear_counter = true;
+        }
+        // "Full" is no reason to give the upper up (a remote router would boot
+        // in factory state): only an overlay that will not mount, or a work/
+        // that cannot be made, falls back. Judged as root (its reserve counts).
+        let space = sys::upperfs::free_space(target)?;
+        if let Some(full) = space.full_reason() {
+            if !reset_coming {
+                log::warn!(
+                    "upper {}: {full}; used anyway (the overlay mount decides)",
+                    dev.display()
+                );
+            }
+        } else if space.in_reserve() {
+            log::warn!(
+                "upper {}: low on space: {} KiB free for root, {} KiB for other users; \
+                 used anyway, free some space",
+                dev.display(),
+                space.bytes / 1024,
+                space.bytes_unreserved / 1024
+            );
         }
         sys::upperfs::remount_read_write(target, dev)?;
+        if clear_counter {
+            crate::bootcount::clear(target).context("clear the boot-attempt counter")?;
+        }
         Ok(None)
     })();
     match checked {
@@ -320,11 +380,37 @@ fn mount_persistent_upper(
     }
 }
 
-/// Before the handover, with the upper at `/overlay` in the new root: count
-/// the boot attempt and write the state file for `overlay-init status`.
-/// Shared by initramfs and router mode; failures are warnings.
-pub fn record_boot(config: &Config, staging: &Staging, upper: &UpperKind) {
-    let boot_attempts = count_boot_attempt(config, staging, upper);
+/// Is a factory reset pending on the upper at `target`? Odd state (a
+/// `reset-request` that is not a regular file) is not a request: the "record
+/// boot" step moves it aside.
+fn reset_pending(target: &Path) -> bool {
+    match crate::reset::status(target) {
+        Ok(status) => status.reset_pending,
+        Err(e) => {
+            log::warn!("reset request not readable, taken as none: {e:#}");
+            false
+        }
+    }
+}
+
+/// The "record boot" step, right after the "upper" step: repair
+/// `.overlay-init/` (see [`crate::staterepair`]) and count the boot attempt on
+/// the persistent upper, before anything else uses it. An upper that then
+/// breaks a later step (a whited-out init, a file named `rom`) still counts
+/// towards `ovl.maxtries`, so a boot loop ends in failsafe. Failures are warnings.
+pub fn record_boot(config: &Config, staging: &Staging, upper: &UpperKind) -> Option<u32> {
+    if !matches!(upper, UpperKind::Persistent(_)) {
+        return None;
+    }
+    crate::staterepair::repair_logged(&staging.upper_fs());
+    count_boot_attempt(config, &staging.upper_fs())
+}
+
+/// The "boot state" step, before the handover: the state file for
+/// `overlay-init status`, with the count [`record_boot`] made.
+pub fn write_boot_state(config: &Config, upper: &UpperKind, boot_attempts: Option<u32>) {
+    // A later step may have given the persistent upper up: the count stands
+    // (it is on the device), the state says what this boot uses.
     let state = boot_state(config, upper, boot_attempts);
     if let Err(e) = crate::state::write(Path::new(crate::state::STATE_PATH), &state) {
         log::warn!("`overlay-init status` will not know this boot: {e:#}");
@@ -343,14 +429,14 @@ pub fn start_trash_cleanup(upper: &UpperKind) {
     }
 }
 
-/// Count this boot on the persistent upper (now at `/overlay` in the new root),
-/// durably, before the handover. Not on a tmpfs, not in failsafe, not with
-/// `ovl.maxtries=0`. A counter that cannot be written is a warning.
-fn count_boot_attempt(config: &Config, staging: &Staging, upper: &UpperKind) -> Option<u32> {
-    if !matches!(upper, UpperKind::Persistent(_)) || config.maxtries == 0 {
+/// Count this boot on the persistent upper at `upper_fs`, durably. Not on a
+/// tmpfs, not in failsafe, not with `ovl.maxtries=0`. A counter that cannot be
+/// written is a warning.
+fn count_boot_attempt(config: &Config, upper_fs: &Path) -> Option<u32> {
+    if config.maxtries == 0 {
         return None;
     }
-    match crate::bootcount::increment(&staging.root().join(crate::layout::OVERLAY_NAME)) {
+    match crate::bootcount::increment(upper_fs) {
         Ok(n) => {
             log::info!(
                 "boot attempt {n} since the last `overlay-init mark-good` (failsafe after {})",
@@ -374,6 +460,7 @@ fn boot_state(
     use crate::state::{BootState, Mode};
     let named_device = match &config.upper {
         UpperSpec::Device(d) => Some(d.to_string()),
+        UpperSpec::File(path) => Some(path.clone()),
         UpperSpec::Tmpfs => None,
     };
     let mut state = BootState {
@@ -381,6 +468,7 @@ fn boot_state(
         upper: "tmpfs".into(),
         boot_attempts,
         maxtries: config.maxtries,
+        verity: config.verity.as_ref().map(|v| v.root_hash.to_string()),
         ..Default::default()
     };
     match upper {

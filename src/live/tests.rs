@@ -328,3 +328,27 @@ fn no_message_carries_debug_output() {
         assert!(leftovers.is_empty(), "{msg}\n  has {leftovers:?}");
     }
 }
+
+#[test]
+fn toram_tmpfs_is_the_image_in_whole_mib_plus_one() {
+    assert_eq!(toram_tmpfs_size(0), 1 << 20);
+    assert_eq!(toram_tmpfs_size(1), 2 << 20);
+    assert_eq!(toram_tmpfs_size(5 << 20), 6 << 20);
+}
+
+#[test]
+fn mem_available_is_read_from_meminfo() {
+    let meminfo =
+        "MemTotal:         234567 kB\nMemFree:          100000 kB\nMemAvailable:     200000 kB\n";
+    assert_eq!(mem_available(meminfo), Some(200_000 * 1024));
+    assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+    assert_eq!(mem_available("MemAvailable: lots\n"), None);
+}
+
+#[test]
+fn mkfs_arguments_label_the_file() {
+    assert_eq!(
+        mkfs_args("/x/persist.img"),
+        ["-F", "-L", "persistence", "/x/persist.img"]
+    );
+}

@@ -81,16 +81,6 @@ pub fn hex_lower(bytes: &[u8]) -> String {
     out
 }
 
-fn check_block_size(what: &str, size: u32) -> Result<(), ProbeError> {
-    if !size.is_power_of_two() || !(MIN_BLOCK..=MAX_BLOCK).contains(&size) {
-        return Err(ProbeError::new(format!(
-            "verity superblock: {what} block size {size} is not a power of two \
-             from {MIN_BLOCK} to {MAX_BLOCK}"
-        )));
-    }
-    Ok(())
-}
-
 /// Whether `buf` starts with a verity superblock's signature.
 pub fn has_signature(buf: &[u8]) -> bool {
     buf.starts_with(SIGNATURE)
@@ -103,80 +93,62 @@ pub fn read(buf: &[u8]) -> Result<Option<VeritySuperblock>, ProbeError> {
     if !has_signature(buf) {
         return Ok(None);
     }
-    let truncated = || {
-        ProbeError::new(format!(
+    if buf.len() < SUPERBLOCK_BYTES {
+        return Err(ProbeError::new(format!(
             "verity superblock truncated: {} bytes, {SUPERBLOCK_BYTES} needed",
             buf.len()
-        ))
-    };
-    if buf.len() < SUPERBLOCK_BYTES {
-        return Err(truncated());
-    }
-    let version = le32(buf, 8).ok_or_else(truncated)?;
-    if version != 1 {
-        return Err(ProbeError::new(format!(
-            "verity superblock version {version} is not supported (only 1)"
         )));
     }
-    let hash_type = le32(buf, 12).ok_or_else(truncated)?;
-    if hash_type > 1 {
-        return Err(ProbeError::new(format!(
-            "verity superblock: hash type {hash_type} is not supported (0 or 1)"
-        )));
-    }
+    // Every field is inside the 512 bytes checked above.
+    let u32_at = |at| le32(buf, at).unwrap_or_default();
+    let version = u32_at(8);
+    let hash_type = u32_at(12);
     let uuid: [u8; 16] = slice(buf, 16, 16)
-        .ok_or_else(truncated)?
-        .try_into()
-        .map_err(|_| truncated())?;
-    let algorithm_field = slice(buf, 32, 32).ok_or_else(truncated)?;
-    let end = algorithm_field
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or_else(|| ProbeError::new("verity superblock: hash algorithm is not terminated"))?;
-    let algorithm = &algorithm_field[..end];
-    if algorithm.is_empty()
-        || !algorithm
+        .and_then(|s| s.try_into().ok())
+        .unwrap_or_default();
+    let field = slice(buf, 32, 32).unwrap_or_default();
+    let terminated = field.iter().position(|&b| b == 0);
+    let algorithm = &field[..terminated.unwrap_or(0)];
+    let data_block_size = u32_at(64);
+    let hash_block_size = u32_at(68);
+    let data_blocks = le64(buf, 72).unwrap_or_default();
+    let salt_size = usize::from(le16(buf, 80).unwrap_or_default());
+    let block_ok = |size: u32| size.is_power_of_two() && (MIN_BLOCK..=MAX_BLOCK).contains(&size);
+    let name_ok = !algorithm.is_empty()
+        && algorithm
             .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'(' | b')'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'(' | b')'));
+    let size_ok = data_blocks > 0
+        && data_blocks
+            .checked_mul(u64::from(data_block_size))
+            .is_some_and(|bytes| bytes / 512 <= i64::MAX as u64);
+    // One message for every check: each costs the init's size.
+    if version != 1
+        || hash_type > 1
+        || !name_ok
+        || !block_ok(data_block_size)
+        || !block_ok(hash_block_size)
+        || !size_ok
+        || salt_size > MAX_SALT
     {
         return Err(ProbeError::new(format!(
-            "verity superblock: hash algorithm {:?} is not a kernel crypto name",
+            "verity superblock not supported or damaged: version {version} (1), hash type \
+             {hash_type} (0 or 1), hash algorithm {:?} (a kernel crypto name), data/hash block \
+             size {data_block_size}/{hash_block_size} (powers of two, {MIN_BLOCK} to \
+             {MAX_BLOCK}), {data_blocks} data blocks, salt of {salt_size} bytes (at most \
+             {MAX_SALT})",
             String::from_utf8_lossy(algorithm)
         )));
     }
-    let algorithm = String::from_utf8_lossy(algorithm).into_owned();
-    let data_block_size = le32(buf, 64).ok_or_else(truncated)?;
-    let hash_block_size = le32(buf, 68).ok_or_else(truncated)?;
-    check_block_size("data", data_block_size)?;
-    check_block_size("hash", hash_block_size)?;
-    let data_blocks = le64(buf, 72).ok_or_else(truncated)?;
-    if data_blocks == 0 {
-        return Err(ProbeError::new("verity superblock: zero data blocks"));
-    }
-    if data_blocks
-        .checked_mul(u64::from(data_block_size))
-        .is_none_or(|bytes| bytes / 512 > i64::MAX as u64)
-    {
-        return Err(ProbeError::new(format!(
-            "verity superblock: {data_blocks} data blocks of {data_block_size} bytes overflow"
-        )));
-    }
-    let salt_size = usize::from(le16(buf, 80).ok_or_else(truncated)?);
-    if salt_size > MAX_SALT {
-        return Err(ProbeError::new(format!(
-            "verity superblock: salt of {salt_size} bytes (at most {MAX_SALT})"
-        )));
-    }
-    let salt = slice(buf, 88, salt_size).ok_or_else(truncated)?.to_vec();
     Ok(Some(VeritySuperblock {
         version,
         hash_type,
         uuid,
-        algorithm,
+        algorithm: String::from_utf8_lossy(algorithm).into_owned(),
         data_block_size,
         hash_block_size,
         data_blocks,
-        salt,
+        salt: slice(buf, 88, salt_size).unwrap_or_default().to_vec(),
     }))
 }
 
@@ -301,15 +273,15 @@ mod tests {
             copy[offset..offset + bytes.len()].copy_from_slice(bytes);
             read(&copy).unwrap_err().reason().to_string()
         };
-        assert!(patched(8, &2u32.to_le_bytes()).contains("version 2"));
-        assert!(patched(12, &7u32.to_le_bytes()).contains("hash type 7"));
-        assert!(patched(32, &[b'x'; 32]).contains("not terminated"));
-        assert!(patched(32, b"sha 256\0").contains("not a kernel crypto name"));
-        assert!(patched(32, b"\0").contains("not a kernel crypto name"));
-        assert!(patched(64, &4000u32.to_le_bytes()).contains("data block size 4000"));
-        assert!(patched(68, &256u32.to_le_bytes()).contains("hash block size 256"));
-        assert!(patched(72, &0u64.to_le_bytes()).contains("zero data blocks"));
-        assert!(patched(72, &u64::MAX.to_le_bytes()).contains("overflow"));
+        assert!(patched(8, &2u32.to_le_bytes()).contains("version 2 (1)"));
+        assert!(patched(12, &7u32.to_le_bytes()).contains("hash type 7 (0 or 1)"));
+        assert!(patched(32, &[b'x'; 32]).contains("algorithm \"\""));
+        assert!(patched(32, b"sha 256\0").contains("algorithm \"sha 256\""));
+        assert!(patched(32, b"\0").contains("algorithm \"\""));
+        assert!(patched(64, &4000u32.to_le_bytes()).contains("block size 4000/4096"));
+        assert!(patched(68, &256u32.to_le_bytes()).contains("block size 4096/256"));
+        assert!(patched(72, &0u64.to_le_bytes()).contains(" 0 data blocks"));
+        assert!(patched(72, &u64::MAX.to_le_bytes()).contains("18446744073709551615 data"));
         assert!(patched(80, &257u16.to_le_bytes()).contains("salt of 257"));
         // A damaged signature is "no superblock", not an error.
         let mut copy = good.to_vec();

@@ -18,7 +18,8 @@
 //!   longer new count cut short of its new size reads as a valid prefix
 //!   (`attempts=10` without its newline).
 //!
-//! Anything else (a longer file, a symlink, not a regular file) is left to the
+//! Anything else (a longer file, a symlink, not a regular file, a file with
+//! more than one hard link) is left to the
 //! general way: [`write_small`] returns `Ok(false)`.
 
 use std::ffi::CStr;
@@ -35,8 +36,12 @@ pub fn write_small(dir: BorrowedFd<'_>, name: &CStr, contents: &[u8]) -> Result<
     if contents.len() > 512 {
         return Ok(false);
     }
-    let create =
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let create = OFlags::WRONLY
+        | OFlags::CREATE
+        | OFlags::EXCL
+        | OFlags::NOFOLLOW
+        | OFlags::NONBLOCK
+        | OFlags::CLOEXEC;
     match openat(dir, name, create, Mode::from_raw_mode(0o644)) {
         Ok(file) => {
             write_all_at_start(&file, contents, name)?;
@@ -50,7 +55,8 @@ pub fn write_small(dir: BorrowedFd<'_>, name: &CStr, contents: &[u8]) -> Result<
     let file = match openat(
         dir,
         name,
-        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        // O_NONBLOCK: a FIFO under the counter's name must not block PID 1.
+        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
     ) {
         Ok(file) => file,
@@ -58,7 +64,10 @@ pub fn write_small(dir: BorrowedFd<'_>, name: &CStr, contents: &[u8]) -> Result<
         Err(_) => return Ok(false),
     };
     let st = fstat(&file).with_context(|| format!("stat {name:?}"))?;
+    // A hard link (nlink > 1) would be written through to its other names
+    // (a counter linked to upper/etc/shadow): the general way replaces it.
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+        || st.st_nlink != 1
         || st.st_size as u64 > contents.len() as u64
     {
         return Ok(false);
@@ -130,6 +139,18 @@ mod tests {
         // A directory is not a counter.
         std::fs::create_dir(dir.join("dir")).unwrap();
         assert!(!write_small(fd.as_fd(), c"dir", b"attempts=1\n").unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn never_writes_through_a_hard_link() {
+        let (dir, fd) = scratch("hardlink");
+        let victim = dir.join("shadow");
+        // Shorter than the new count, so only the link count can stop the overwrite.
+        std::fs::write(&victim, b"root:x\n").unwrap();
+        std::fs::hard_link(&victim, dir.join("count")).unwrap();
+        assert!(!write_small(fd.as_fd(), c"count", b"attempts=1\n").unwrap());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"root:x\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -9,8 +9,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use rustix::fd::{BorrowedFd, OwnedFd};
 use rustix::fs::{
-    fstat, fsync, mkdirat, openat, renameat_with, statat, unlinkat, AtFlags, Dir, Mode, OFlags,
-    RenameFlags, CWD,
+    fstat, fsync, mkdirat, openat, renameat_with, statat, unlinkat, AtFlags, Dir, FileType, Mode,
+    OFlags, RenameFlags, CWD,
 };
 use rustix::io::Errno;
 
@@ -147,12 +147,24 @@ fn move_into_place(
 
 /// Write `contents` to `dir/name` so that it survives a power cut: write a
 /// temporary file, fsync it, rename it over `name`, fsync the directory.
+///
+/// The temporary name is unlinked first and created with `O_EXCL`: whatever
+/// sat there (a hard link to another file, a symlink, a FIFO) is never
+/// written through, only removed.
 pub fn write_durably(dir: BorrowedFd<'_>, name: &CStr, contents: &[u8]) -> Result<()> {
     let mut tmp = name.to_bytes().to_vec();
     tmp.extend_from_slice(b".tmp");
     let tmp = CString::new(tmp).expect("a CStr plus a suffix has no NUL");
-    let flags =
-        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match unlinkat(dir, tmp.as_c_str(), AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => {}
+        Err(e) => return Err(e).with_context(|| format!("remove a stale {tmp:?}")),
+    }
+    let flags = OFlags::WRONLY
+        | OFlags::CREATE
+        | OFlags::EXCL
+        | OFlags::NOFOLLOW
+        | OFlags::NONBLOCK
+        | OFlags::CLOEXEC;
     let file = openat(dir, tmp.as_c_str(), flags, Mode::from_raw_mode(0o644))
         .with_context(|| format!("create {tmp:?}"))?;
     let mut rest = contents;
@@ -180,17 +192,28 @@ pub fn remove_durably(dir: BorrowedFd<'_>, name: &CStr) -> Result<bool> {
 }
 
 /// Read a small file `dir/name` without following a symlink; `None` if missing.
+///
+/// Opened `O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC` and checked with `fstat` to be a
+/// regular file before anything is read: a FIFO, socket, device node or
+/// directory under that name is an error ([`NotRegular`] in the chain), never
+/// a read that blocks PID 1.
 pub fn read_small_file(dir: BorrowedFd<'_>, name: &CStr) -> Result<Option<Vec<u8>>> {
     let file = match openat(
         dir,
         name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
     ) {
         Ok(f) => f,
         Err(Errno::NOENT) => return Ok(None),
+        Err(Errno::LOOP) => return Err(NotRegular("a symlink").into()),
         Err(e) => return Err(e).with_context(|| format!("open {name:?}")),
     };
+    let st = fstat(&file).with_context(|| format!("stat {name:?}"))?;
+    let kind = FileType::from_raw_mode(st.st_mode);
+    if kind != FileType::RegularFile {
+        return Err(NotRegular(file_type_name(kind)).into());
+    }
     let mut out = Vec::new();
     let mut buf = [0u8; 512];
     loop {
@@ -200,6 +223,72 @@ pub fn read_small_file(dir: BorrowedFd<'_>, name: &CStr) -> Result<Option<Vec<u8
         }
         out.extend_from_slice(&buf[..n]);
     }
+}
+
+/// A state file that is not a regular file (see [`read_small_file`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotRegular(pub &'static str);
+
+impl std::fmt::Display for NotRegular {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "not a regular file but {}", self.0)
+    }
+}
+
+impl std::error::Error for NotRegular {}
+
+/// Is this error (anywhere in its chain) a state file of the wrong type?
+pub fn is_not_regular(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<NotRegular>().is_some())
+}
+
+/// "a directory", "a FIFO", ... for messages.
+pub fn file_type_name(kind: FileType) -> &'static str {
+    match kind {
+        FileType::RegularFile => "a regular file",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symlink",
+        FileType::Fifo => "a FIFO",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        _ => "an unknown kind of file",
+    }
+}
+
+/// The real path of `path` resolved inside the directory `root` as if `root`
+/// were `/` (`openat2` with `RESOLVE_IN_ROOT`): `..` and symlinks, absolute
+/// or relative, never leave it. For files a command line names on a
+/// filesystem (`ovl.image=`, `ovl.lower=` image files).
+pub fn resolve_in_root(root: &Path, path: &str) -> Result<std::path::PathBuf> {
+    let root_fd = openat(CWD, root, DIR_FLAGS, Mode::empty())
+        .with_context(|| format!("open {}", root.display()))?;
+    let fd = rustix::fs::openat2(
+        &root_fd,
+        path,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        rustix::fs::ResolveFlags::IN_ROOT | rustix::fs::ResolveFlags::NO_MAGICLINKS,
+    )
+    .with_context(|| format!("{path} on {}", root.display()))?;
+    let real = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        rustix::fd::AsRawFd::as_raw_fd(&fd)
+    ))
+    .with_context(|| format!("where {path} on {} is", root.display()))?;
+    let real_root = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        rustix::fd::AsRawFd::as_raw_fd(&root_fd)
+    ))
+    .with_context(|| format!("where {} is", root.display()))?;
+    if !real.starts_with(&real_root) {
+        bail!(
+            "{path} resolves to {}, outside {}",
+            real.display(),
+            root.display()
+        );
+    }
+    Ok(real)
 }
 
 /// The names in a directory, without `.` and `..`.
@@ -218,4 +307,115 @@ pub fn list_names(dir: BorrowedFd<'_>) -> Result<Vec<CString>> {
 
 pub(crate) fn is_dot_or_dotdot(name: &CStr) -> bool {
     matches!(name.to_bytes(), b"." | b"..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn scratch(name: &str) -> (std::path::PathBuf, OwnedFd) {
+        let dir = std::env::temp_dir().join(format!("ovl-dirfd-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fd = open_dir(&dir).unwrap();
+        (dir, fd)
+    }
+
+    /// Runs `f` in a thread; a call that blocks fails the test instead of hanging it.
+    fn within_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the call blocked (a FIFO opened without O_NONBLOCK?)")
+    }
+
+    #[test]
+    fn read_small_file_refuses_a_fifo_without_blocking() {
+        let (dir, _) = scratch("fifo");
+        rustix::fs::mknodat(
+            CWD,
+            dir.join("bootcount"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let d = dir.clone();
+        let result = within_seconds(move || {
+            let fd = open_dir(&d).unwrap();
+            read_small_file(fd.as_fd(), c"bootcount").map_err(|e| format!("{e:#}"))
+        });
+        let err = result.unwrap_err();
+        assert!(err.contains("not a regular file but a FIFO"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn read_small_file_refuses_a_directory_and_a_symlink() {
+        let (dir, fd) = scratch("kinds");
+        std::fs::create_dir(dir.join("reset-request")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.join("bootcount")).unwrap();
+        let e = read_small_file(fd.as_fd(), c"reset-request").unwrap_err();
+        assert!(is_not_regular(&e), "{e:#}");
+        let e = read_small_file(fd.as_fd(), c"bootcount").unwrap_err();
+        assert!(is_not_regular(&e), "{e:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn write_durably_never_writes_through_a_hard_linked_tmp() {
+        let (dir, fd) = scratch("hardlink");
+        let victim = dir.join("shadow");
+        std::fs::write(&victim, "root:secret\n").unwrap();
+        std::fs::hard_link(&victim, dir.join("bootcount.tmp")).unwrap();
+        write_durably(fd.as_fd(), c"bootcount", b"attempts=1\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root:secret\n");
+        assert_eq!(
+            std::fs::read(dir.join("bootcount")).unwrap(),
+            b"attempts=1\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn resolve_in_root_never_leaves_the_root() {
+        let (dir, _) = scratch("inroot");
+        let host = dir.join("host");
+        std::fs::create_dir_all(host.join("images")).unwrap();
+        std::fs::write(host.join("images/a.sqsh"), "inside").unwrap();
+        std::fs::write(dir.join("secret.sqsh"), "outside").unwrap();
+        std::fs::write(host.join("secret.sqsh"), "decoy").unwrap();
+        std::os::unix::fs::symlink("/secret.sqsh", host.join("images/abs")).unwrap();
+        std::os::unix::fs::symlink("../../secret.sqsh", host.join("images/rel")).unwrap();
+        let read = |p: &str| std::fs::read_to_string(resolve_in_root(&host, p).unwrap()).unwrap();
+        assert_eq!(read("/images/a.sqsh"), "inside");
+        // `..` and symlinks stay inside: they land on the host's own /secret.sqsh.
+        assert_eq!(read("/../secret.sqsh"), "decoy");
+        assert_eq!(read("/images/abs"), "decoy");
+        assert_eq!(read("/images/rel"), "decoy");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn write_durably_does_not_block_on_a_fifo_tmp() {
+        let (dir, _) = scratch("fifotmp");
+        rustix::fs::mknodat(
+            CWD,
+            dir.join("state.tmp"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let d = dir.clone();
+        within_seconds(move || {
+            let fd = open_dir(&d).unwrap();
+            write_durably(fd.as_fd(), c"state", b"x").unwrap()
+        });
+        assert_eq!(std::fs::read(dir.join("state")).unwrap(), b"x");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -213,14 +213,28 @@ pub struct LoopDevice {
 impl LoopDevice {
     /// Attach `backing` read-only to a free loop device.
     pub fn attach_read_only(backing: &Path, options: AttachOptions) -> anyhow::Result<Self> {
-        let backing_file =
-            rustix::fs::open(backing, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-                .with_context(|| {
-                    format!(
-                        "opening {} to attach it to a loop device",
-                        backing.display()
-                    )
-                })?;
+        Self::attach(backing, options, false)
+    }
+
+    /// Attach `backing` read-write (with autoclear) to a free loop device: a
+    /// persistence file (`ovl.upper=PATH`).
+    pub fn attach_read_write(backing: &Path, options: AttachOptions) -> anyhow::Result<Self> {
+        Self::attach(backing, options, true)
+    }
+
+    fn attach(backing: &Path, options: AttachOptions, writable: bool) -> anyhow::Result<Self> {
+        let access = if writable {
+            OFlags::RDWR
+        } else {
+            OFlags::RDONLY
+        };
+        let backing_file = rustix::fs::open(backing, access | OFlags::CLOEXEC, Mode::empty())
+            .with_context(|| {
+                format!(
+                    "opening {} to attach it to a loop device",
+                    backing.display()
+                )
+            })?;
         let control = rustix::fs::open(
             "/dev/loop-control",
             OFlags::RDWR | OFlags::CLOEXEC,
@@ -233,7 +247,7 @@ impl LoopDevice {
             let number = get_free_number(control.as_fd())
                 .context("asking /dev/loop-control for a free loop device")?;
             let path = PathBuf::from(format!("/dev/loop{number}"));
-            let device = match open_loop_node(number, &path) {
+            let device = match open_loop_node(number, &path, access) {
                 Ok(device) => device,
                 // ENXIO: the device is being torn down (another process removed or
                 // auto-cleared it after GET_FREE); the next GET_FREE gives another.
@@ -244,12 +258,19 @@ impl LoopDevice {
                 }
                 Err(e) => return Err(e),
             };
-            match configure(device.as_fd(), backing_file.as_fd(), backing, options) {
+            match configure(
+                device.as_fd(),
+                backing_file.as_fd(),
+                backing,
+                options,
+                writable,
+            ) {
                 Ok(()) => {
                     log::debug!(
-                        "attached {} to {} read-only",
+                        "attached {} to {} {}",
                         backing.display(),
-                        path.display()
+                        path.display(),
+                        if writable { "read-write" } else { "read-only" }
                     );
                     return Ok(LoopDevice {
                         number,
@@ -332,15 +353,21 @@ impl Drop for LoopDevice {
     }
 }
 
-/// Bind `backing_file` to the loop device open at `device`, read-only with
-/// autoclear, via LOOP_CONFIGURE or the legacy pair of ioctls.
+/// Bind `backing_file` to the loop device open at `device`, with autoclear
+/// and read-only unless `writable`, via LOOP_CONFIGURE or the legacy pair of
+/// ioctls (there the backing file's open mode decides).
 fn configure(
     device: BorrowedFd<'_>,
     backing_file: BorrowedFd<'_>,
     backing: &Path,
     options: AttachOptions,
+    writable: bool,
 ) -> Result<(), Errno> {
-    let base_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
+    let base_flags = if writable {
+        LO_FLAGS_AUTOCLEAR
+    } else {
+        LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR
+    };
     let config = |flags| LoopConfig {
         fd: backing_file.as_raw_fd() as u32,
         block_size: 0,
@@ -391,8 +418,10 @@ fn configure_legacy(
 
 /// Open `/dev/loopN`, creating the node if devtmpfs has not made it (a /dev
 /// that is a plain directory, or a race with the kernel's node creation).
-fn open_loop_node(number: u32, path: &Path) -> anyhow::Result<OwnedFd> {
-    let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+/// `access` is RDONLY or RDWR: the kernel makes a device configured through a
+/// read-only open read-only, whatever the backing file allows.
+fn open_loop_node(number: u32, path: &Path, access: OFlags) -> anyhow::Result<OwnedFd> {
+    let flags = access | OFlags::CLOEXEC;
     match rustix::fs::open(path, flags, Mode::empty()) {
         Ok(fd) => return Ok(fd),
         Err(Errno::NOENT) => {}

@@ -74,3 +74,20 @@ pub fn identify(dev: &Path, lower_root: &Path) -> Result<(LowerIdentity, Duratio
         began.elapsed(),
     ))
 }
+
+/// The device node of the block device numbered `dev` (a mounted lower's
+/// `st_dev`): `/dev/` + `DEVNAME` from `/sys/dev/block/MAJ:MIN/uevent`.
+pub fn device_node(dev: u64) -> Result<std::path::PathBuf> {
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    let uevent = format!("/sys/dev/block/{major}:{minor}/uevent");
+    let text = std::fs::read_to_string(&uevent)
+        .with_context(|| format!("read {uevent} (is the lower on a block device?)"))?;
+    let name = text
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME="))
+        .with_context(|| format!("{uevent} names no DEVNAME"))?;
+    if name.split('/').any(|c| c == ".." || c.is_empty()) {
+        anyhow::bail!("{uevent}: odd DEVNAME {name:?}");
+    }
+    Ok(Path::new("/dev").join(name))
+}

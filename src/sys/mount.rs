@@ -30,7 +30,15 @@ pub fn mount_fs(
     })
 }
 
-/// Move a mount (`mount --move`), creating TARGET if missing.
+/// `mount -o remount,FLAGS[,DATA] TARGET`: the flags replace the mount's
+/// (read-write unless `flags` holds RDONLY).
+pub fn remount(target: &Path, flags: MountFlags, data: &str) -> Result<()> {
+    let data_c = std::ffi::CString::new(data).context("mount options contain a NUL byte")?;
+    rustix::mount::mount_remount(target, flags, data_c.as_c_str())
+        .with_context(|| format!("remount {}", target.display()))
+}
+
+/// Move a mount (`mount --move`), creating TARGET if missing (never onto a symlink).
 pub fn move_mount(from: &Path, to: &Path) -> Result<()> {
     ensure_dir(to)?;
     mount_move(from, to)
@@ -98,7 +106,51 @@ pub fn is_mountpoint(path: &Path) -> bool {
         .any(|entry| entry.mount_point == want)
 }
 
-/// `mkdir -p`, with context.
+/// `mkdir -p`, with context; the last component must then be a real
+/// directory, never a symlink. Every caller mounts on the result or makes it
+/// an overlay's upper/work, and a name under the upper or the new root
+/// (`upper -> /x`, `rom -> /x`, `dev -> /x`) must not redirect that: a
+/// symlink there is refused by name, never followed.
 pub fn ensure_dir(path: &Path) -> Result<()> {
-    fs::create_dir_all(path).with_context(|| format!("create directory {}", path.display()))
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        refuse_non_dir(path, &meta)?;
+        return Ok(());
+    }
+    fs::create_dir_all(path).with_context(|| format!("create directory {}", path.display()))?;
+    let meta = fs::symlink_metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    refuse_non_dir(path, &meta)
+}
+
+fn refuse_non_dir(path: &Path, meta: &fs::Metadata) -> Result<()> {
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        anyhow::bail!(
+            "{} is a symlink: refused, never followed (a mount or an overlay directory goes there)",
+            path.display()
+        );
+    }
+    if !kind.is_dir() {
+        anyhow::bail!("{} exists and is not a directory", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ensure_dir_refuses_a_symlink_by_name() {
+        let dir = std::env::temp_dir().join(format!("ovl-ensure-dir-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(dir.join("elsewhere"), dir.join("rom")).unwrap();
+        let err = ensure_dir(&dir.join("rom")).unwrap_err();
+        assert!(format!("{err:#}").contains("is a symlink"), "{err:#}");
+        fs::write(dir.join("file"), "").unwrap();
+        assert!(ensure_dir(&dir.join("file")).is_err());
+        ensure_dir(&dir.join("new/deeper")).unwrap();
+        ensure_dir(&dir.join("new/deeper")).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

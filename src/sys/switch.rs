@@ -1,9 +1,9 @@
-//! The handover: check the real init, free the initramfs, make the new root `/`,
+//! The handover: check the real init, make the new root `/`, free the initramfs,
 //! and exec the real init.
 
 use std::ffi::{CString, OsString};
 use std::io::Read;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -21,7 +21,9 @@ pub fn check_init(new_root: &Path, init: &str) -> Result<()> {
     let fd = openat2(
         &root,
         init,
-        OFlags::RDONLY | OFlags::CLOEXEC,
+        // O_NONBLOCK: a FIFO at the init path must not block PID 1 (the
+        // type is checked next, before anything is read).
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
         Mode::empty(),
         ResolveFlags::IN_ROOT,
     )
@@ -54,28 +56,42 @@ pub struct FreeStats {
     pub kept: u64,
 }
 
-/// Delete everything on the initramfs (`/`), never crossing into other
-/// filesystems or mounts (the new root, moved API mounts) and never following
-/// symlinks ([`wipe::wipe_contents`]). Refuses unless `/` really is a
-/// ramfs/tmpfs.
-pub fn free_initramfs() -> Result<FreeStats> {
+/// Open the initramfs (`/`) before the switch, to free it through this
+/// descriptor afterwards (systemd's `switch-root.c` order: a switch that fails
+/// leaves the initramfs, and its rescue shell, whole). Refuses unless `/`
+/// really is a ramfs/tmpfs.
+pub fn open_old_root() -> Result<OwnedFd> {
     let root = dirfd::open_dir(Path::new("/"))?;
     if !statfs::is_volatile_fs(root.as_fd()).context("statfs /")? {
         bail!("refusing to delete / : it is not an initramfs (not a ramfs or tmpfs)");
     }
-    let report = wipe::wipe_contents(root.as_fd(), Path::new("/"))?;
+    Ok(root)
+}
+
+/// Delete everything on the old initramfs, through `old_root` from
+/// [`open_old_root`], after the switch: never crossing into other filesystems
+/// or mounts (the new root sits on it) and never following symlinks
+/// ([`wipe::wipe_contents`]).
+pub fn free_old_root(old_root: BorrowedFd<'_>) -> Result<FreeStats> {
+    let report = wipe::wipe_contents(old_root, Path::new("/ (the old initramfs)"))?;
     for failure in &report.failures {
         log::debug!("initramfs: could not remove {failure}");
     }
     Ok(FreeStats {
         removed: report.removed,
-        kept: (report.mount_points_left.len() + report.failures.len()) as u64,
+        kept: report.mount_points_left.len() as u64 + report.failure_count,
     })
 }
 
-/// Make `new_root` the root: move it onto `/`, chroot into it.
-/// The caller has already freed the initramfs while `/` was still it.
+/// Make `new_root` the root: make `/` private (the move must not propagate),
+/// move the new root onto `/`, chroot into it. The initramfs is freed after
+/// this returns ([`free_old_root`]), so on failure it is still whole.
 pub fn enter_new_root(new_root: &Path) -> Result<()> {
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
+    )
+    .context("make / private before the switch")?;
     rustix::process::chdir(new_root).with_context(|| format!("chdir {}", new_root.display()))?;
     rustix::mount::mount_move(".", "/")
         .with_context(|| format!("move {} onto /", new_root.display()))?;
@@ -132,4 +148,35 @@ pub fn exec_init(init: &str, args: &[OsString]) -> anyhow::Error {
         std::io::Error::last_os_error()
     };
     anyhow::Error::new(err).context(context())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_init_does_not_block_on_a_fifo() {
+        let root = std::env::temp_dir().join(format!("ovl-check-init-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("sbin")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("sbin/init"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o755),
+            0,
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = root.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(check_init(&r, "/sbin/init").map_err(|e| format!("{e:#}")));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("check_init blocked on a FIFO");
+        let err = result.unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

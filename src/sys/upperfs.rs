@@ -12,18 +12,26 @@ use rustix::mount::{mount_remount, MountFlags};
 pub const MIN_FREE_BYTES: u64 = 512 * 1024;
 pub const MIN_FREE_INODES: u64 = 32;
 
-/// Free space on a filesystem as `df` shows it: what is available to ordinary
-/// users. Blocks reserved for root do not count (ext4 also holds back a few
-/// clusters even from root), so a disk filled by root reads as full.
+/// Free space on a filesystem as root sees it: PID 1 and the system it boots
+/// run as root, so blocks reserved for root (ext4's reserve, `f_bfree` minus
+/// `f_bavail`) are usable. A disk that root filled to its reserve is not full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FreeSpace {
+    /// Free bytes, root's reserve included (`f_bfree`).
     pub bytes: u64,
+    /// Free bytes for ordinary users, as `df` shows them (`f_bavail`).
+    pub bytes_unreserved: u64,
     /// `None` on filesystems without an inode count.
     pub inodes: Option<u64>,
 }
 
 impl FreeSpace {
-    /// Why the filesystem is too full for an upper, if it is.
+    /// Only root's reserve is left: usable, worth a warning.
+    pub fn in_reserve(&self) -> bool {
+        self.bytes_unreserved < MIN_FREE_BYTES && self.bytes >= MIN_FREE_BYTES
+    }
+
+    /// Why the filesystem is too full for an upper, if it is (judged as root).
     pub fn full_reason(&self) -> Option<String> {
         if self.bytes < MIN_FREE_BYTES {
             return Some(format!(
@@ -44,9 +52,14 @@ impl FreeSpace {
 /// `statvfs` of the filesystem at `path`.
 pub fn free_space(path: &Path) -> Result<FreeSpace> {
     let st = rustix::fs::statvfs(path).with_context(|| format!("statvfs {}", path.display()))?;
-    let bytes = st.f_bavail.saturating_mul(st.f_frsize);
-    let inodes = (st.f_files > 0).then_some(st.f_favail);
-    Ok(FreeSpace { bytes, inodes })
+    let bytes = st.f_bfree.saturating_mul(st.f_frsize);
+    let bytes_unreserved = st.f_bavail.saturating_mul(st.f_frsize);
+    let inodes = (st.f_files > 0).then_some(st.f_ffree);
+    Ok(FreeSpace {
+        bytes,
+        bytes_unreserved,
+        inodes,
+    })
 }
 
 /// Remount the filesystem at `target` read-write and check that it is.
@@ -89,11 +102,21 @@ mod tests {
     fn full_when_bytes_or_inodes_run_out() {
         let roomy = FreeSpace {
             bytes: 10 << 20,
+            bytes_unreserved: 10 << 20,
             inodes: Some(1000),
         };
         assert_eq!(roomy.full_reason(), None);
+        assert!(!roomy.in_reserve());
+        // Filled by root to its reserve: usable, with a warning.
+        let reserve = FreeSpace {
+            bytes_unreserved: 0,
+            ..roomy
+        };
+        assert_eq!(reserve.full_reason(), None);
+        assert!(reserve.in_reserve());
         let no_bytes = FreeSpace {
             bytes: 4096,
+            bytes_unreserved: 0,
             ..roomy
         };
         assert!(no_bytes.full_reason().unwrap().contains("4 KiB free"));

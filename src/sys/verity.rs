@@ -13,8 +13,7 @@ use anyhow::{bail, Context, Result};
 use super::dm::{self, DmDevice, Target};
 use crate::probe::verity::{self as sb, VeritySuperblock};
 use crate::verity::{
-    check_sizes, parse_table_params, plan_table, LiveTable, OnError, RootHash, VeritySpec,
-    TARGET_TYPE,
+    parse_table_params, plan_table, LiveTable, OnError, RootHash, VeritySpec, TARGET_TYPE,
 };
 
 /// What to verify: devices by path (block devices), the rest as in [`VeritySpec`].
@@ -35,8 +34,8 @@ pub struct OpenRequest<'a> {
 pub struct VerifiedDevice {
     pub device: DmDevice,
     pub superblock: VeritySuperblock,
-    /// The table parameters loaded (for the log and `status`).
-    pub params: String,
+    /// The table loaded (with `request.on_error`).
+    pub target: Target,
 }
 
 /// Read the verity superblock at `offset` of `hash`.
@@ -104,19 +103,14 @@ pub fn open(request: &OpenRequest<'_>) -> Result<VerifiedDevice> {
             request.hash.display()
         )
     };
+    // Sizes are the kernel's to check (its reason goes to the kernel log):
+    // `check_sizes` would say it better, but costs the init too much.
     let table = plan_table(&spec, &superblock).map_err(named)?;
-    check_sizes(
-        &spec,
-        &superblock,
-        dm::device_bytes(request.data)?,
-        dm::device_bytes(request.hash)?,
-    )
-    .map_err(named)?;
     let target = Target {
         start: 0,
         sectors: table.sectors,
         target_type: TARGET_TYPE.into(),
-        params: table.params.clone(),
+        params: table.params,
     };
     let device = dm::create_device(request.name, None, &target, true).with_context(|| {
         format!(
@@ -129,7 +123,7 @@ pub fn open(request: &OpenRequest<'_>) -> Result<VerifiedDevice> {
     Ok(VerifiedDevice {
         device,
         superblock,
-        params: table.params,
+        target,
     })
 }
 
@@ -142,27 +136,19 @@ fn check_first_block(
 ) -> Result<()> {
     let mut block = vec![0u8; superblock.data_block_size as usize];
     let result = File::open(device.path()).and_then(|mut f| f.read_exact(&mut block));
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let status = device.status().unwrap_or_else(|s| format!("{s:#}"));
-            let corrupted = status.trim() == "C";
-            bail!(
-                "dm-verity {}: the first block of {} does not verify against root hash {} \
-                 with the hash tree on {} at offset {} ({e}; verity status {status:?}{})",
-                request.name,
-                request.data.display(),
-                request.root_hash,
-                request.hash.display(),
-                request.hash_offset,
-                if corrupted {
-                    ": wrong root hash, or the image or its hash tree is corrupt"
-                } else {
-                    ""
-                }
-            )
-        }
+    if let Err(e) = result {
+        bail!(
+            "dm-verity {}: the first block of {} does not verify against root hash {} \
+             with the hash tree on {} at offset {} ({e}): wrong root hash, or the image or \
+             its hash tree is corrupt",
+            request.name,
+            request.data.display(),
+            request.root_hash,
+            request.hash.display(),
+            request.hash_offset,
+        )
     }
+    Ok(())
 }
 
 /// Make sure device-mapper and the verity target can be used, loading
@@ -255,4 +241,50 @@ pub fn describe(name: &str) -> Result<Option<VerityState>> {
         table: live,
         corrupted,
     }))
+}
+
+/// Read all of `path` (resolved inside `root`, symlinks too) and drop the
+/// bytes: every block of it passes the verity check once.
+pub fn read_whole(root: &Path, path: &str) -> Result<()> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    let dir = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+        .with_context(|| format!("open {}", root.display()))?;
+    let fd = openat2(
+        &dir,
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT,
+    )
+    .with_context(|| format!("open {path}"))?;
+    let mut file = File::from(fd);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).with_context(|| format!("read {path}")),
+        }
+    }
+}
+
+/// Switch the live verity device `name`, set up by [`open`] with `eio` and
+/// the table `target`, to `mode`: a table reload, swapped in by the resume
+/// (the kernel suspends the device around the swap).
+pub fn set_on_error(name: &str, target: &Target, mode: OnError) -> Result<()> {
+    let Some(arg) = mode.table_arg() else {
+        return Ok(());
+    };
+    let params = format!("{} 1 {arg}", target.params);
+    let control = dm::Control::open()?;
+    control.load_table(
+        name,
+        &Target {
+            params,
+            ..target.clone()
+        },
+        true,
+    )?;
+    control.resume(name)
 }

@@ -37,15 +37,31 @@ pub struct WipeReport {
     pub flattened: u64,
     /// Mount points found in the tree: left in place, never entered.
     pub mount_points_left: Vec<PathBuf>,
-    /// Entries that could not be removed, with the reason.
+    /// The first [`FAILURES_LISTED`] entries that could not be removed, with
+    /// the reason (all of them: [`WipeReport::failure_count`]).
     pub failures: Vec<String>,
+    /// How many removals failed.
+    pub failure_count: u64,
+    /// The wipe stopped at a filesystem-wide error (`EROFS`, `EIO`): every
+    /// further removal would fail the same way. What it was, and where.
+    pub stopped: Option<String>,
 }
+
+/// How many failures a report lists by path; the rest are only counted.
+pub const FAILURES_LISTED: usize = 5;
 
 impl WipeReport {
     /// True when nothing was left behind.
     pub fn is_complete(&self) -> bool {
-        self.mount_points_left.is_empty() && self.failures.is_empty()
+        self.mount_points_left.is_empty() && self.failure_count == 0 && self.stopped.is_none()
     }
+}
+
+/// Errors that hold for the whole filesystem, not one entry: the wipe stops at
+/// the first (a read-only or failing disk would otherwise give one failure,
+/// and one warning on the console, per file).
+fn is_filesystem_wide(e: Errno) -> bool {
+    matches!(e, Errno::ROFS | Errno::IO)
 }
 
 /// Where a directory lives: its device and, when the kernel reports it, its
@@ -107,6 +123,9 @@ pub fn wipe_contents(root: BorrowedFd<'_>, label: &Path) -> Result<WipeReport> {
         flattened_this_pass: 0,
     };
     loop {
+        if wiper.report.stopped.is_some() {
+            return Ok(wiper.report);
+        }
         // Directories that were too deep were moved up to the root; another
         // pass picks them up. Each pass either removes or flattens, so this ends.
         wiper.flattened_this_pass = 0;
@@ -132,6 +151,9 @@ impl Wiper<'_> {
             name: None,
         }];
         while let Some(top) = stack.last_mut() {
+            if self.report.stopped.is_some() {
+                return Ok(());
+            }
             let next = top.dir.read();
             match next {
                 Some(Ok(entry)) => {
@@ -280,9 +302,14 @@ impl Wiper<'_> {
     /// Record that `what` failed for the entry `name` below `stack`.
     fn fail(&mut self, stack: &[Frame], name: Option<&CStr>, what: &str, e: Errno) {
         let path = self.path_of(stack, name);
-        self.report
-            .failures
-            .push(format!("{}: {what}: {e}", path.display()));
+        let line = format!("{}: {what}: {e}", path.display());
+        self.report.failure_count += 1;
+        if is_filesystem_wide(e) && self.report.stopped.is_none() {
+            self.report.stopped = Some(line.clone());
+        }
+        if self.report.failures.len() < FAILURES_LISTED {
+            self.report.failures.push(line);
+        }
     }
 
     /// The path of `name` in the top frame (or of the top frame), for reports.

@@ -192,6 +192,27 @@ pub fn change_message(
     policy: Policy,
     shadowed: usize,
 ) -> String {
+    let done = match policy {
+        Policy::Keep => "the upper is kept as it is",
+        Policy::Prune => "copies identical to the new lower and stale whiteouts were pruned",
+        Policy::Reset => "the upper is factory-reset, keeping the keep-list",
+    };
+    let mut m = format!(
+        "the lower changed (an upgrade or a rollback): {}; ovl.upgrade={}: {done}",
+        describe_change(old, new, layers),
+        policy.name()
+    );
+    if policy != Policy::Reset {
+        m.push_str(&format!(
+            "; {shadowed} upper entries shadow a path of the new lower (list: {})",
+            crate::layout::SHADOWED_FILE
+        ));
+    }
+    m
+}
+
+/// `LAYER: OLD -> NEW` for each changed layer, `; `-separated.
+pub fn describe_change(old: &IdentityRecord, new: &IdentityRecord, layers: &[String]) -> String {
     let layer = |rec: &IdentityRecord, name: &str| -> String {
         let id = match name {
             "main" => Some(&rec.main),
@@ -206,17 +227,7 @@ pub fn change_message(
         .iter()
         .map(|l| format!("{l}: {} -> {}", layer(old, l), layer(new, l)))
         .collect();
-    let done = match policy {
-        Policy::Keep => "the upper is kept as it is",
-        Policy::Prune => "copies identical to the new lower and stale whiteouts were pruned",
-        Policy::Reset => "the upper was reset, keeping the keep-list",
-    };
-    format!(
-        "the lower changed (an upgrade or a rollback): {}; ovl.upgrade={}: {done}; \
-         {shadowed} upper entries shadow a path of the new lower (list: /run/overlay-init/shadowed)",
-        changes.join("; "),
-        policy.name()
-    )
+    changes.join("; ")
 }
 
 /// Read `.overlay-init/lower-identity` on the upper's filesystem.
@@ -271,6 +282,25 @@ mod tests {
         assert_eq!(Policy::default(), Policy::Keep);
         for p in Policy::ALL {
             assert_eq!(parse_policy(Some(p.name())), Ok(p));
+        }
+    }
+
+    #[test]
+    fn ovl_upgrade_is_read_from_the_command_line() {
+        let parsed = crate::cmdline::parse("root=/dev/vda ovl.upgrade=prune");
+        assert_eq!(parsed.config.upgrade, Policy::Prune);
+        assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
+        assert_eq!(
+            crate::cmdline::parse("root=/dev/vda").config.upgrade,
+            Policy::Keep
+        );
+        let bad = crate::cmdline::parse("root=/dev/vda ovl.upgrade=wipe ovl.upgrade");
+        assert_eq!(bad.config.upgrade, Policy::Keep);
+        assert_eq!(bad.problems.len(), 2, "{:?}", bad.problems);
+        for p in &bad.problems {
+            assert_eq!(p.param, "ovl.upgrade");
+            assert!(!p.fatal);
+            assert!(p.message.contains("keep, prune, reset"), "{}", p.message);
         }
     }
 

@@ -351,6 +351,9 @@ pub struct Disk {
     /// Attached as `virtio-blk-device` on a virtio-mmio slot of aarch64's virt board, instead
     /// of `virtio-blk-pci` (`qemu/run --disk PATH,mmio`).
     pub mmio: bool,
+    /// QEMU's cache mode (`qemu/run --disk PATH,cache=MODE`), e.g. `unsafe` so that a
+    /// killed QEMU loses what the guest did not flush; `None`: qemu/run's default.
+    pub cache: Option<&'static str>,
 }
 
 impl Disk {
@@ -360,6 +363,7 @@ impl Disk {
             readonly: false,
             serial: None,
             mmio: false,
+            cache: None,
         }
     }
 
@@ -369,6 +373,7 @@ impl Disk {
             readonly: true,
             serial: None,
             mmio: false,
+            cache: None,
         }
     }
 
@@ -382,6 +387,9 @@ impl Disk {
         }
         if self.mmio {
             spec.push_str(",mmio");
+        }
+        if let Some(mode) = self.cache {
+            spec.push_str(&format!(",cache={mode}"));
         }
         spec
     }
@@ -412,9 +420,8 @@ pub enum Action {
     /// `drive_add 0 if=none,id=late,format=raw,file=/path` then
     /// `device_add virtio-blk-pci,drive=late`.
     Monitor(String),
-    /// A monitor command sent this long after `after` was seen (e.g. `quit` at a chosen
-    /// instant: a power cut in the middle of something the console announced).
-    MonitorAfter(Duration, String),
+    /// SIGKILL qemu/run and QEMU (a power cut) this long after the trigger's text appeared.
+    Kill(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -426,6 +433,8 @@ pub struct BootSpec {
     pub append: String,
     /// vda, vdb, ... in order.
     pub disks: Vec<Disk>,
+    /// A CD-ROM image (`qemu/run --cdrom`: /dev/sr0 on x86_64).
+    pub cdrom: Option<PathBuf>,
     /// Hard bound for the whole boot (scaled by `OVL_QEMU_TIMEOUT_SCALE`). The same on every
     /// architecture: an aarch64 boot (virt, no firmware) takes no longer under TCG than an
     /// x86_64 one (pc, SeaBIOS) here.
@@ -446,6 +455,7 @@ impl Default for BootSpec {
             arch: Arch::X86_64,
             append: String::new(),
             disks: Vec::new(),
+            cdrom: None,
             timeout: BOOT_TIMEOUT,
             initrd: Initrd::Default,
             kernel: None,
@@ -484,6 +494,13 @@ pub struct BootResult {
 }
 
 impl BootResult {
+    /// The kernel's timestamp (uptime, seconds) of the first console line containing `text`.
+    pub fn kernel_time_of(&self, text: &str) -> Option<f64> {
+        let line = self.console.lines().find(|line| line.contains(text))?;
+        let stamp = line.trim_start().strip_prefix('[')?.split(']').next()?;
+        stamp.trim().parse().ok()
+    }
+
     pub fn contains(&self, text: &str) -> bool {
         self.console.contains(text)
     }
@@ -656,6 +673,54 @@ impl GroupGuard {
     }
 }
 
+/// SIGKILL the QEMU process started by qemu/run (`child`): a descendant named qemu-system-*,
+/// found in /proc (GNU timeout puts QEMU in a process group of its own), so qemu/run itself
+/// sees it die and cleans up. False when none was found.
+fn kill_qemu_of(child: &Child) -> bool {
+    // pid -> (comm, ppid), from /proc/PID/stat: "pid (comm) state ppid ...".
+    let mut procs = HashMap::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map_or("", |(_, c)| c).to_string();
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        procs.insert(pid, (comm, ppid.unwrap_or(0)));
+    }
+    let descends = |mut pid: u32| {
+        for _ in 0..64 {
+            match procs.get(&pid) {
+                Some((_, ppid)) if *ppid == child.id() => return true,
+                Some((_, ppid)) if *ppid > 1 => pid = *ppid,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let mut killed = false;
+    for (pid, (comm, _)) in &procs {
+        if comm.starts_with("qemu-system") && descends(*pid) {
+            if let Some(pid) = rustix::process::Pid::from_raw(*pid as i32) {
+                killed |= rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok();
+            }
+        }
+    }
+    killed
+}
+
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
@@ -687,6 +752,9 @@ pub fn boot(spec: &BootSpec) -> BootResult {
     };
     for disk in &spec.disks {
         command.arg("--disk").arg(disk.spec());
+    }
+    if let Some(cdrom) = &spec.cdrom {
+        command.arg("--cdrom").arg(cdrom);
     }
     if !spec.append.is_empty() {
         command.arg("--append").arg(&spec.append);
@@ -756,14 +824,18 @@ pub fn boot(spec: &BootSpec) -> BootResult {
                         let _ = input.write_all(bytes).and_then(|()| input.flush());
                     }
                 }
-                Action::Monitor(line) | Action::MonitorAfter(_, line) => {
+                Action::Kill(delay) => {
+                    // Not a synchronisation: the instant of the power cut is chosen by the test.
+                    thread::sleep(*delay);
+                    if !kill_qemu_of(&guard.child) {
+                        guard.kill();
+                    }
+                }
+                Action::Monitor(line) => {
                     let socket = spec
                         .monitor
                         .as_ref()
                         .expect("Action::Monitor needs BootSpec::monitor");
-                    if let Action::MonitorAfter(delay, _) = &trigger.action {
-                        std::thread::sleep(*delay);
-                    }
                     monitor_replies.push(
                         monitor_command(socket, line)
                             .unwrap_or_else(|error| format!("monitor error: {error}")),

@@ -209,8 +209,27 @@ impl Loop {
         if read_only {
             cmd.arg("--read-only");
         }
+        cmd.arg(file);
+        // `--find` races with loop devices other tests (in parallel) free or take between
+        // its lookup and its attach: ENXIO/EBUSY then, and the next `--find` picks another.
+        for _ in 0..4 {
+            let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+            if out.status.success() {
+                let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                return Loop {
+                    dev: PathBuf::from(dev),
+                };
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if !(stderr.contains("No such device or address")
+                || stderr.contains("Device or resource busy"))
+            {
+                break;
+            }
+        }
+        // The last try, failing with the command's output.
         Loop {
-            dev: PathBuf::from(run(cmd.arg(file))),
+            dev: PathBuf::from(run(&mut cmd)),
         }
     }
 
