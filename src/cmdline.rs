@@ -110,6 +110,10 @@ pub struct Config {
     pub kernel_init: Option<String>,
     pub upper: UpperSpec,
     pub upperfstype: Option<FsType>,
+    /// `ovl.format=`: whether a blank upper device is formatted on first boot.
+    pub format: crate::upperparams::FormatPolicy,
+    /// `ovl.upperlabel=`: the label a first-boot format gives the upper.
+    pub upperlabel: String,
     pub size: Option<TmpfsSize>,
     pub image: Option<String>,
     /// `ovl.upper_create=SIZE`: create a missing persistence file of this size.
@@ -150,6 +154,8 @@ impl Default for Config {
             kernel_init: None,
             upper: UpperSpec::Tmpfs,
             upperfstype: None,
+            format: crate::upperparams::FormatPolicy::Blank,
+            upperlabel: crate::upperparams::DEFAULT_UPPER_LABEL.to_string(),
             size: None,
             image: None,
             upper_create: None,
@@ -291,6 +297,8 @@ pub type OvlParser = fn(&mut Config, Option<&str>, &mut Problems<'_>);
 pub const OVL_PARAMS: &[(&str, OvlParser)] = &[
     ("upper", ovl_upper),
     ("upperfstype", ovl_upperfstype),
+    ("format", ovl_format),
+    ("upperlabel", ovl_upperlabel),
     ("size", ovl_size),
     ("image", ovl_image),
     ("upper_create", ovl_upper_create),
@@ -460,14 +468,33 @@ fn ovl_toram(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
 }
 
 fn ovl_upperfstype(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
-    config.upperfstype = parse_fstype(p.list, p.param, value);
-    if let Some(t) = config.upperfstype {
-        if !t.can_be_upper() {
-            p.warn(format!(
-                "{t} cannot hold an upper (read-only); accepted: ext4, auto"
-            ));
+    match crate::upperparams::parse_upper_fstype(value) {
+        Ok(t) => config.upperfstype = t,
+        Err(e) => {
+            p.warn(format!("{e}; detecting from the superblock"));
             config.upperfstype = None;
         }
+    }
+}
+
+fn ovl_format(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match crate::upperparams::parse_format(value) {
+        Ok(policy) => config.format = policy,
+        // The safe reading of a garbled value: write nothing.
+        Err(e) => {
+            p.warn(format!("{e}; using never (a blank upper is not formatted)"));
+            config.format = crate::upperparams::FormatPolicy::Never;
+        }
+    }
+}
+
+fn ovl_upperlabel(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match crate::upperparams::parse_upper_label(value) {
+        Ok(label) => config.upperlabel = label,
+        Err(e) => p.warn(format!(
+            "{e}; using the default label {}",
+            crate::upperparams::DEFAULT_UPPER_LABEL
+        )),
     }
 }
 
@@ -703,6 +730,19 @@ fn check_conflicts(config: &mut Config, problems: &mut Vec<Problem>) {
             "only applies to a device upper; ignored with ovl.upper=tmpfs".into(),
         );
         config.upperfstype = None;
+    }
+    let format_as = crate::upperparams::format_fstype(config.upperfstype);
+    if let Err(e) = crate::upperparams::label_fits(&config.upperlabel, format_as) {
+        problem(
+            problems,
+            "ovl.upperlabel",
+            false,
+            format!(
+                "{e}; using the default label {}",
+                crate::upperparams::DEFAULT_UPPER_LABEL
+            ),
+        );
+        config.upperlabel = crate::upperparams::DEFAULT_UPPER_LABEL.to_string();
     }
     if config.image.is_some() && config.root.is_none() {
         problem(
@@ -1002,6 +1042,37 @@ mod tests {
         assert_eq!(parsed.problems[0].param, "ovl.upperfstype");
         let parsed = parse("ovl.upper=/dev/vdb ovl.upperfstype=squashfs");
         assert_eq!(parsed.problems[0].param, "ovl.upperfstype");
+        assert!(parsed.problems[0].message.contains("f2fs"));
+    }
+
+    #[test]
+    fn first_boot_format_parameters() {
+        use crate::upperparams::FormatPolicy;
+        let c = Config::default();
+        assert_eq!(
+            (c.format, c.upperlabel.as_str()),
+            (FormatPolicy::Blank, "overlay")
+        );
+        let c = ok("ovl.upper=/dev/vdb ovl.upperfstype=f2fs ovl.format=never ovl.upperlabel=data");
+        assert_eq!(c.upperfstype, Some(FsType::F2fs));
+        assert_eq!(
+            (c.format, c.upperlabel.as_str()),
+            (FormatPolicy::Never, "data")
+        );
+        // A garbled ovl.format= writes nothing; a bad label keeps the default.
+        let parsed = parse("ovl.upper=/dev/vdb ovl.format=yes ovl.upperlabel=a/b");
+        assert_eq!(parsed.config.format, FormatPolicy::Never);
+        assert_eq!(parsed.config.upperlabel, "overlay");
+        assert_eq!(parsed.problems.len(), 2);
+        // The length limit depends on the fstype, in either order.
+        let long = "x".repeat(20);
+        let parsed = parse(&format!("ovl.upperlabel={long} ovl.upper=/dev/vdb"));
+        assert_eq!(parsed.problems[0].param, "ovl.upperlabel");
+        let parsed = parse(&format!(
+            "ovl.upperlabel={long} ovl.upper=/dev/vdb ovl.upperfstype=f2fs"
+        ));
+        assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
+        assert_eq!(parsed.config.upperlabel, long);
     }
 
     #[test]

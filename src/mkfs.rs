@@ -56,6 +56,16 @@ impl fmt::Display for MkfsTool {
     }
 }
 
+/// Whether a candidate whose symlinks resolve to `resolved` is a multi-call
+/// binary's applet (busybox's `mke2fs` makes ext2 only and takes none of the
+/// options [`plan_format`] passes): such a program is not a usable mkfs.
+pub fn is_multicall_applet(resolved: &Path) -> bool {
+    resolved
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| matches!(n, "busybox" | "toybox" | "busybox.static"))
+}
+
 /// The first mkfs for `fstype` that `is_executable` accepts: in our root, then
 /// in `lower_root`. The error lists every place looked at.
 pub fn find_mkfs(
@@ -255,6 +265,14 @@ mod tests {
 
     fn found_at<'a>(paths: &'a [&'a str]) -> impl Fn(&Path) -> bool + 'a {
         move |p: &Path| paths.iter().any(|q| Path::new(q) == p)
+    }
+
+    #[test]
+    fn busybox_applets_are_no_mkfs() {
+        assert!(is_multicall_applet(Path::new("/rom/bin/busybox")));
+        assert!(is_multicall_applet(Path::new("/bin/toybox")));
+        assert!(!is_multicall_applet(Path::new("/usr/sbin/mke2fs")));
+        assert!(!is_multicall_applet(Path::new("/sbin/mkfs.f2fs")));
     }
 
     #[test]

@@ -108,13 +108,15 @@ pub fn mount_lower(
     )
 }
 
-/// Mount a tmpfs to hold the upper.
+/// The size cap of a tmpfs upper without `ovl.size=`: half of RAM, written
+/// out so the cap never depends on the kernel's default (a full tmpfs is
+/// ENOSPC for the writer, never the OOM killer for the system).
+pub const DEFAULT_TMPFS_SIZE: TmpfsSize = TmpfsSize::Percent(50);
+
+/// Mount a tmpfs to hold the upper (or the fallback's changes), always capped.
 pub fn mount_tmpfs_upper(target: &Path, size: Option<TmpfsSize>) -> Result<()> {
-    let mut data = String::from("mode=0755");
-    if let Some(size) = size {
-        data.push(',');
-        data.push_str(&size.mount_option());
-    }
+    let mut data = String::from("mode=0755,");
+    data.push_str(&size.unwrap_or(DEFAULT_TMPFS_SIZE).mount_option());
     mount_fs(
         "tmpfs",
         target,

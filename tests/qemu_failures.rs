@@ -198,12 +198,19 @@ fn missing_init_keeps_the_initramfs_and_starts_the_rescue_shell() {
 // ---------------------------------------------------------------------------------------------
 // Bad uppers: tmpfs, a warning box, the device untouched
 
+/// A blank upper is formatted on first boot, but this initramfs carries no mkfs and the demo
+/// lower has only busybox's `mke2fs` applet (ext2 only, not a usable mkfs): a clear reason,
+/// a tmpfs upper, and the device not written (not even the format marker).
 #[test]
-fn upper_of_zeros_falls_back_to_tmpfs() {
+fn upper_of_zeros_without_a_mkfs_falls_back_to_tmpfs() {
     let scratch = Scratch::new("fail-upper-zeros");
     let upper = scratch.join("upper.img");
     zero_file(&upper, 16);
-    assert_tmpfs_fallback(&upper, false, "holds no filesystem overlay-init recognises");
+    assert_tmpfs_fallback(
+        &upper,
+        false,
+        "no mkfs for ext4 in the initramfs nor in the lower",
+    );
 }
 
 #[test]

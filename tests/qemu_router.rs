@@ -138,7 +138,9 @@ fn router_root(scratch: &Scratch, options: &RootOptions) -> PathBuf {
         );
     }
     for (source, inside) in options.extra_files {
-        std::fs::copy(source, tree.join(inside.trim_start_matches('/'))).unwrap();
+        let target = tree.join(inside.trim_start_matches('/'));
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(source, target).unwrap();
     }
     if options.without_run {
         std::fs::remove_dir(tree.join("run")).unwrap();
@@ -374,4 +376,86 @@ fn router_mode_kernel_mounted_missing_upper_boots_on_tmpfs() {
     );
     assert_output(&result, "MOUNT /overlay tmpfs");
     assert_output_line(&result, "WRITABLE");
+}
+
+// ---------------------------------------------------------------------------------------------
+// f2fs upper (issue 14): first-boot format, whiteouts and opaque directories, reset
+
+/// `program` and the shared libraries and loader `ldd` lists for it, each at its own path.
+fn program_with_libraries(program: &str) -> Vec<(PathBuf, String)> {
+    let mut files = vec![(PathBuf::from(program), program.to_string())];
+    for line in run(Command::new("ldd").arg(program)).lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(path) = path.filter(|p| p.starts_with('/')) {
+            files.push((PathBuf::from(path), path.to_string()));
+        }
+    }
+    files
+}
+
+/// A blank (zeroed) data partition and `ovl.upperfstype=f2fs` on the router kernel: boot 1
+/// formats it with the root's own mkfs.f2fs, deletes a lower file (whiteout), replaces a lower
+/// directory (rmdir + mkdir: opaque) and writes a file; boot 2 sees all three; a reset brings
+/// the lower's files back.
+#[test]
+fn router_mode_blank_partition_is_formatted_f2fs_and_keeps_whiteouts_and_opaque_dirs() {
+    let scratch = Scratch::new("router-f2fs");
+    let kernel = KernelMountsRoot::Itself;
+    let files = program_with_libraries("/sbin/mkfs.f2fs");
+    let extra: Vec<(&Path, &str)> = files
+        .iter()
+        .map(|(source, inside)| (source.as_path(), inside.as_str()))
+        .collect();
+    let root = router_root(
+        &scratch,
+        &RootOptions {
+            extra_files: &extra,
+            ..Default::default()
+        },
+    );
+    let root_mib = std::fs::metadata(&root).unwrap().len().div_ceil(1 << 20) + 1;
+    let disk = scratch.join("disk.img");
+    make_gpt_disk(
+        &disk,
+        &[
+            GptPartition::new("rom", root_mib, Some(&root)),
+            GptPartition::new("data", 64, None),
+        ],
+    );
+    let params = "ovl.upper=/dev/vda2 ovl.upperfstype=f2fs";
+    let first = router_boot(
+        &kernel,
+        &disk,
+        params,
+        &format!(
+            "{SHOW_MOUNTS}; rm /etc/motd && rm -r /etc/init.d && mkdir /etc/init.d && \
+             echo new > /etc/init.d/only && echo boot-one > /root/kept && sync"
+        ),
+    );
+    assert_marker(
+        &first,
+        "formatted /dev/vda2 (f2fs, label overlay, 64 MiB) in ",
+    );
+    assert_output(&first, "MOUNT /overlay f2fs rw");
+    assert_test_passed(&first);
+
+    let check = "echo KEPT=$(cat /root/kept 2>/dev/null || echo gone); \
+                 echo MOTD=$(test -e /etc/motd && echo back || echo gone); \
+                 echo INITD=$(ls /etc/init.d | tr '\\n' ' ')";
+    let second = router_boot(&kernel, &disk, params, &format!("{SHOW_MOUNTS}; {check}"));
+    assert_no_marker(&second, "formatted /dev/");
+    assert_output(&second, "MOUNT /overlay f2fs rw");
+    assert_output(&second, "KEPT=boot-one");
+    assert_output(&second, "MOTD=gone");
+    assert_output_line(&second, "INITD=only");
+    assert_test_passed(&second);
+
+    let reset = router_boot(&kernel, &disk, &format!("{params} ovl.reset"), check);
+    assert_output(&reset, "KEPT=gone");
+    assert_output(&reset, "MOTD=back");
+    assert_output_line(&reset, "INITD=rcK rcS");
+    assert_test_passed(&reset);
 }

@@ -7,6 +7,8 @@
 //! modes, and every error carries its step's name to the failure handler.
 
 pub mod failure;
+pub mod firstboot;
+pub mod fullupper;
 pub mod initramfs;
 pub mod kernel_root;
 pub mod live;

@@ -64,6 +64,12 @@ pub fn mount_upper(
         overlay::mount_tmpfs_upper(&upper_fs, config.size)?;
         return Ok(UpperKind::Tmpfs);
     };
+    if early_failsafe.is_none() {
+        // First boot: a blank device is formatted (failsafe writes nothing).
+        if let Err(why) = crate::boot::firstboot::format_blank_upper(config, staging, dev) {
+            return degrade_to_tmpfs(config, staging, dev, &why, false);
+        }
+    }
     match mount_persistent_upper(dev, config, &upper_fs, early_failsafe) {
         Ok(None) => Ok(UpperKind::Persistent(dev.to_path_buf())),
         Ok(Some(reason)) => {
@@ -139,7 +145,15 @@ pub fn prepare_upper_dirs(
         } => failsafe_upper_fs(staging),
         _ => staging.upper_fs(),
     };
-    match (overlay::prepare_upper_dirs(&changes_fs), &*kind) {
+    let attempt = || overlay::prepare_upper_dirs(&changes_fs);
+    let result = match &*kind {
+        // A full upper: remove what is safe to remove and try again.
+        UpperKind::Persistent(dev) => {
+            crate::boot::fullupper::with_room(&changes_fs, dev, attempt, || Ok(()))
+        }
+        _ => attempt(),
+    };
+    match (result, &*kind) {
         (Ok(dirs), _) => Ok(dirs),
         (Err(why), UpperKind::Persistent(dev)) => {
             *kind = degrade_to_tmpfs(config, staging, &dev.clone(), &why, true)?;
@@ -160,7 +174,22 @@ pub fn mount_overlay(
     kind: &mut UpperKind,
 ) -> Result<()> {
     let root = staging.root();
-    match (overlay::mount_overlay(lowers, &upper, &work, &root), &*kind) {
+    let attempt = || {
+        overlay::prepare_upper_dirs(&staging.upper_fs())?;
+        overlay::mount_overlay(lowers, &upper, &work, &root)
+    };
+    let unmount_root = || match sys::mount::is_mountpoint(&root) {
+        true => sys::mount::umount(&root, false),
+        false => Ok(()),
+    };
+    let result = match &*kind {
+        // A full upper: remove what is safe to remove and try again.
+        UpperKind::Persistent(dev) => {
+            crate::boot::fullupper::with_room(&staging.upper_fs(), dev, attempt, unmount_root)
+        }
+        _ => overlay::mount_overlay(lowers, &upper, &work, &root),
+    };
+    match (result, &*kind) {
         (Ok(()), _) => Ok(()),
         (Err(why), UpperKind::Persistent(dev)) => {
             if sys::mount::is_mountpoint(&root) {

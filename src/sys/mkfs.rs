@@ -5,6 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -160,6 +161,14 @@ pub fn format_if_blank(device: &Path, request: &FormatRequest<'_>) -> Result<For
         fs_size: plan.fs_size,
         fstype: plan.fstype,
     };
+    log::info!(
+        "formatting {} ({}, label {}, {}) with {}",
+        device.display(),
+        plan.fstype,
+        plan.label,
+        human_size(plan.device_size),
+        plan.tool
+    );
     write_marker_sector(device, view.size, &marker.encode())
         .with_context(|| format!("mark {} as being formatted", device.display()))?;
     run_mkfs(&plan, request.timeout)?;
@@ -194,6 +203,7 @@ pub fn format_if_blank(device: &Path, request: &FormatRequest<'_>) -> Result<For
 
 fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        && !std::fs::canonicalize(path).is_ok_and(|p| crate::mkfs::is_multicall_applet(&p))
 }
 
 /// Whether `path` names an executable file inside `root` as a process chrooted
@@ -214,10 +224,12 @@ fn is_executable_in_root(root: &Path, path: &Path) -> bool {
     ) else {
         return false;
     };
+    // Where the symlinks led, as the kernel resolved them (a busybox applet is no mkfs).
+    let resolved = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
     rustix::fs::fstat(&fd).is_ok_and(|st| {
         rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
             && st.st_mode & 0o111 != 0
-    })
+    }) && !resolved.is_ok_and(|p| crate::mkfs::is_multicall_applet(&p))
 }
 
 /// Write one sector at the marker's place and sync it. Opened `O_EXCL`: the

@@ -66,6 +66,11 @@ pub fn free_space(path: &Path) -> Result<FreeSpace> {
 pub fn remount_read_write(target: &Path, dev: &Path) -> Result<()> {
     mount_remount(target, MountFlags::NODEV, "")
         .with_context(|| format!("remount {} read-write", dev.display()))?;
+    if is_f2fs(target) {
+        // See F2FS_SUPER_MAGIC: only a read-write f2fs takes `flush_merge`.
+        mount_remount(target, MountFlags::NODEV, "flush_merge")
+            .with_context(|| format!("remount {} read-write with flush_merge", dev.display()))?;
+    }
     if crate::sys::mount::is_read_only(target)? {
         bail!(
             "{} stayed read-only after a read-write remount (write-protected?)",
@@ -73,6 +78,20 @@ pub fn remount_read_write(target: &Path, dev: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `statfs` magic of f2fs.
+const F2FS_SUPER_MAGIC: i64 = 0xF2F5_2010;
+
+/// Whether `target` is f2fs. Mounted read-only, f2fs turns its default
+/// `flush_merge` off and has no flush control; remounted read-write without
+/// `flush_merge` it keeps none, and the first fsync dereferences it (a NULL
+/// pointer oops in `f2fs_issue_flush`, seen on 6.1). `flush_merge` is refused
+/// while read-only, so the remount read-write is followed by one that asks
+/// for it.
+#[allow(clippy::unnecessary_cast)] // f_type's type differs between architectures
+fn is_f2fs(target: &Path) -> bool {
+    rustix::fs::statfs(target).is_ok_and(|st| st.f_type as i64 == F2FS_SUPER_MAGIC)
 }
 
 #[cfg(test)]
