@@ -13,11 +13,13 @@ use std::process::Command;
 use common::{repo_dir, run};
 
 /// Bytes: 733,552 (716 KiB) when the limit was first set (2026-11-30, Rust 1.95, musl). The
-/// features merged the same day then grew the init to 926,096 bytes (904 KiB: dm-verity +32 KiB,
+/// features merged the same day then grew the init to 999,824 bytes (976 KiB: dm-verity +32 KiB,
 /// live media +24 KiB, upgrade identity with its SHA-256, keep-list carry and scans, status
-/// JSON, the blank/f2fs/LUKS/md probes, the never-brick fixes); the limit is that plus about 2%
-/// (the size moves in 4 KiB steps: the segments are page-aligned), so growth from here is seen.
-const LIMIT: u64 = 924 * 1024;
+/// JSON, the never-brick fixes: 926,096 bytes; then the first-boot formatter with the
+/// blank/f2fs/LUKS/md probes and the full-upper recovery: +72 KiB). The limit is that plus
+/// about 2% (the size moves in 4 KiB steps: the segments are page-aligned), so growth from
+/// here is seen; issue 17 stays open on size.
+const LIMIT: u64 = 996 * 1024;
 /// Issue 17's target, for the message.
 const TARGET: u64 = 400 * 1024;
 
