@@ -82,7 +82,8 @@ pub fn fs_kind_name(kind: &FsKind) -> &'static str {
     kind.name()
 }
 
-fn human_size(bytes: u64) -> String {
+/// A byte count for people: `512 B`, `64.0 MiB`.
+pub(crate) fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;

@@ -239,10 +239,10 @@ pub fn toram_fits(image_bytes: u64, available: u64) -> Result<(), String> {
     Err(format!(
         "ovl.toram: the image is {} but only {} of RAM is available; the copy needs {} \
          (the image plus {} for the system); booting from the medium instead",
-        human(image_bytes),
-        human(available),
-        human(needed),
-        human(TORAM_HEADROOM)
+        crate::devices::human_size(image_bytes),
+        crate::devices::human_size(available),
+        crate::devices::human_size(needed),
+        crate::devices::human_size(TORAM_HEADROOM)
     ))
 }
 
@@ -257,14 +257,17 @@ pub fn toram_progress(copied: u64, total: u64, elapsed: std::time::Duration) -> 
         .min(100);
     let secs = elapsed.as_secs_f64();
     let rate = if secs > 0.0 {
-        format!(", {}/s", human((copied as f64 / secs) as u64))
+        format!(
+            ", {}/s",
+            crate::devices::human_size((copied as f64 / secs) as u64)
+        )
     } else {
         String::new()
     };
     format!(
         "toram: {} of {} ({percent}%){rate}",
-        human(copied),
-        human(total)
+        crate::devices::human_size(copied),
+        crate::devices::human_size(total)
     )
 }
 
@@ -301,21 +304,6 @@ pub const PERSISTENCE_LABEL: &str = "persistence";
 /// (what `mkfs.ext4` makes), forced since the target is a regular file.
 pub fn mkfs_args(file: &str) -> Vec<&str> {
     vec!["-F", "-L", PERSISTENCE_LABEL, file]
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 #[cfg(test)]

@@ -33,8 +33,8 @@ use anyhow::{bail, Context, Result};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{
     chmodat, chownat, copy_file_range, fchmod, fchown, fstat, linkat, mkdirat, mknodat, openat,
-    readlinkat, statat, statx, symlinkat, syncfs, utimensat, AtFlags, FileType, Gid, Mode, OFlags,
-    Stat, StatxAttributes, StatxFlags, Timespec, Timestamps, Uid,
+    readlinkat, statat, symlinkat, syncfs, utimensat, AtFlags, FileType, Gid, Mode, OFlags, Stat,
+    Timespec, Timestamps, Uid,
 };
 use rustix::io::Errno;
 
@@ -82,35 +82,7 @@ pub(crate) fn open_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Resul
 }
 
 /// Device and mount id of a directory, and whether it is a mount root.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct MountId {
-    dev: (u32, u32),
-    mnt_id: Option<u64>,
-    is_mount_root: bool,
-}
-
-pub(crate) fn mount_id(fd: BorrowedFd<'_>) -> rustix::io::Result<MountId> {
-    let st = statx(
-        fd,
-        c"",
-        AtFlags::EMPTY_PATH,
-        StatxFlags::TYPE | StatxFlags::MNT_ID,
-    )?;
-    let mnt_id = StatxFlags::from_bits_retain(st.stx_mask)
-        .contains(StatxFlags::MNT_ID)
-        .then_some(st.stx_mnt_id);
-    Ok(MountId {
-        dev: (st.stx_dev_major, st.stx_dev_minor),
-        mnt_id,
-        is_mount_root: st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
-            && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT),
-    })
-}
-
-/// Is `child` a directory of the same mount as `root` (and not a mount root)?
-pub(crate) fn same_mount(root: &MountId, child: &MountId) -> bool {
-    root.dev == child.dev && root.mnt_id == child.mnt_id && !child.is_mount_root
-}
+pub(crate) use crate::sys::wipe::{mount_identity, same_mount, MountIdentity};
 
 /// The names in a directory, without `.` and `..`, sorted (a stable order).
 pub(crate) fn sorted_names(dir: BorrowedFd<'_>) -> Result<Vec<CString>> {
@@ -240,7 +212,7 @@ struct Level {
 struct Carrier<'a> {
     keep: &'a KeepList,
     mode: LinkMode,
-    root_id: MountId,
+    root_id: MountIdentity,
     new_root: BorrowedFd<'a>,
     report: CarryReport,
 }
@@ -257,7 +229,7 @@ pub fn carry(
     mode: LinkMode,
 ) -> Result<CarryReport> {
     let began = std::time::Instant::now();
-    let root_id = mount_id(old_upper).context("statx the old upper")?;
+    let root_id = mount_identity(old_upper).context("statx the old upper")?;
     let mut carrier = Carrier {
         keep,
         mode,
@@ -331,7 +303,7 @@ impl Carrier<'_> {
             bail!("{} is more than {MAX_DEPTH} levels deep", where_());
         }
         let fd = open_dir_at(dir, name).with_context(|| format!("open {}", where_()))?;
-        if !same_mount(&self.root_id, &mount_id(fd.as_fd())?) {
+        if !same_mount(&self.root_id, &mount_identity(fd.as_fd())?) {
             self.report.mount_points_skipped.push(show(path));
             return Ok(());
         }
@@ -413,7 +385,7 @@ impl Carrier<'_> {
             bail!("more than {MAX_DEPTH} levels deep");
         }
         let old = open_dir_at(old_dir, name).context("open")?;
-        if !same_mount(&self.root_id, &mount_id(old.as_fd())?) {
+        if !same_mount(&self.root_id, &mount_identity(old.as_fd())?) {
             self.report.mount_points_skipped.push(show(path));
             return Ok(());
         }

@@ -20,8 +20,8 @@ use rustix::fs::{openat, unlinkat, AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
 use super::carry::{
-    file_type, is_overlay_xattr, is_whiteout, lstat_at, mount_id, open_dir_at, read_xattrs,
-    same_mount, sorted_names, MountId, XattrTarget, MAX_DEPTH,
+    file_type, is_overlay_xattr, is_whiteout, lstat_at, mount_identity, open_dir_at, read_xattrs,
+    same_mount, sorted_names, MountIdentity, XattrTarget, MAX_DEPTH,
 };
 
 /// What kind of upper entry shadows a lower path.
@@ -196,7 +196,7 @@ pub fn prune(upper: BorrowedFd<'_>, lowers: &[BorrowedFd<'_>]) -> Result<PruneRe
 
 struct Walker<'a> {
     prune: bool,
-    root_id: MountId,
+    root_id: MountIdentity,
     lowers: &'a [BorrowedFd<'a>],
     report: PruneReport,
 }
@@ -204,7 +204,7 @@ struct Walker<'a> {
 fn walk(upper: BorrowedFd<'_>, lowers: &[BorrowedFd<'_>], prune: bool) -> Result<PruneReport> {
     let mut w = Walker {
         prune,
-        root_id: mount_id(upper).context("statx the upper")?,
+        root_id: mount_identity(upper).context("statx the upper")?,
         lowers,
         report: PruneReport::default(),
     };
@@ -259,7 +259,7 @@ impl Walker<'_> {
         };
         if file_type(&st) == FileType::Directory {
             let fd = open_dir_at(dir, name).with_context(|| format!("open {}", show()))?;
-            if !same_mount(&self.root_id, &mount_id(fd.as_fd())?) {
+            if !same_mount(&self.root_id, &mount_identity(fd.as_fd())?) {
                 self.report
                     .mount_points_skipped
                     .push(PathBuf::from(OsStr::from_bytes(&abs(path))));

@@ -65,15 +65,17 @@ fn is_filesystem_wide(e: Errno) -> bool {
 }
 
 /// Where a directory lives: its device and, when the kernel reports it, its
-/// mount. Two directories with the same identity are on the same mount.
+/// mount. Two directories with the same identity are on the same mount. Shared by
+/// the walks that never cross into another mount: the wipe, the keep-list carry,
+/// the upgrade scans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct MountIdentity {
+pub(crate) struct MountIdentity {
     dev: (u32, u32),
     mnt_id: Option<u64>,
     is_mount_root: bool,
 }
 
-fn mount_identity(fd: BorrowedFd<'_>) -> rustix::io::Result<MountIdentity> {
+pub(crate) fn mount_identity(fd: BorrowedFd<'_>) -> rustix::io::Result<MountIdentity> {
     let st = statx(
         fd,
         c"",
@@ -92,7 +94,8 @@ fn mount_identity(fd: BorrowedFd<'_>) -> rustix::io::Result<MountIdentity> {
     })
 }
 
-fn same_mount(root: &MountIdentity, child: &MountIdentity) -> bool {
+/// Is `child` a directory of the same mount as `root` (and not a mount root)?
+pub(crate) fn same_mount(root: &MountIdentity, child: &MountIdentity) -> bool {
     root.dev == child.dev && root.mnt_id == child.mnt_id && !child.is_mount_root
 }
 
