@@ -14,5 +14,5 @@ cd "$REPO"
 export OVL_UPGRADE_POWERCUT_TRIALS="${1:-30}"
 export OVL_UPGRADE_POWERCUT_WINDOW_MS="${2:-400}"
 export OVL_QEMU_JOBS="${OVL_QEMU_JOBS:-1}"
-cargo test --quiet --test qemu_upgrade power_cut_during_upgrade_reset_leaves_old_or_new \
+cargo test --quiet --test qemu upgrade::power_cut_during_upgrade_reset_leaves_old_or_new \
     -- --nocapture 2>&1 | grep -E '^power cut|test result|panicked'

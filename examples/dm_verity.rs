@@ -1,4 +1,4 @@
-//! Test driver for `tests/qemu_verity_dm.rs`: the library's dm-verity code
+//! Test driver for `tests/qemu/verity_dm.rs`: the library's dm-verity code
 //! (`sys::verity`, `sys::dm`) as a small command, run inside a QEMU guest
 //! (the development host's kernel may lack device-mapper).
 //!

@@ -78,7 +78,7 @@ NEEDED_TOOLS=(
     "exfat-fuse:mount.exfat-fuse"
     # dm-verity test images (veritysetup format).
     "cryptsetup-bin:veritysetup"
-    # The Debian package's build and check (tests/package.rs, debian/build-deb).
+    # The Debian package's build and check (tests/qemu/package.rs, debian/build-deb).
     "debhelper:dh"
     "scdoc:scdoc"
     "lintian:lintian"

@@ -12,14 +12,15 @@
 //! ext4 image the upper. A test unit in the root prints `OVLPKG:` lines after
 //! `overlay-init-mark-good.service` and powers off.
 
-mod common;
+/// The harness (`tests/support/`).
+use overlay_init_test_support as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::*;
 
 /// A systemd boot of a Debian root under TCG on a loaded machine (scaled by
 /// `OVL_QEMU_TIMEOUT_SCALE`).
