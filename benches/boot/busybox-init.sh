@@ -84,7 +84,7 @@ mark "lower"
 if [ -n "$upper" ]; then
     mount -t ext4 -o nodev "$upper" /overlay || fail "mount upper $upper"
 else
-    mount -t tmpfs -o nodev,nosuid,mode=0755 tmpfs /overlay || fail "mount tmpfs upper"
+    mount -t tmpfs -o nodev,nosuid,mode=0755,size=50% tmpfs /overlay || fail "mount tmpfs upper"
 fi
 mkdir -p /overlay/upper /overlay/work
 mark "upper"

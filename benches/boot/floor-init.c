@@ -202,7 +202,7 @@ int main(int argc, char **argv)
     if (upper[0])
         do_mount(upper, "/overlay", "ext4", MS_NODEV, "");
     else
-        do_mount("tmpfs", "/overlay", "tmpfs", MS_NODEV | MS_NOSUID, "mode=0755");
+        do_mount("tmpfs", "/overlay", "tmpfs", MS_NODEV | MS_NOSUID, "mode=0755,size=50%");
     mkdir("/overlay/upper", 0755);
     mkdir("/overlay/work", 0755);
     mark("upper", NULL);
