@@ -1,4 +1,5 @@
-//! Router mode: overlay-init is `init=` on a root the kernel mounted itself
+//! A root the kernel mounted (router mode): overlay-init is `init=` on a root the kernel
+//! mounted itself
 //! (OpenWrt style: `root=/dev/mtdblockN rootfstype=squashfs`), no initramfs.
 //!
 //! The root already mounted read-only *is* the lower — it is used as

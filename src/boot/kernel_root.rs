@@ -5,8 +5,8 @@
 //! - the API filesystems are mounted only where the read-only root has a directory for them
 //!   (OpenWrt images have no `/run`);
 //! - `root=` is not waited for (it is mounted), only `ovl.upper=` and `ovl.lower=` devices;
-//! - the assembly happens on a small staging tmpfs over `/tmp` (see [`crate::router`]), the
-//!   real init is `ovl.init=` or `/sbin/init` ([`router::real_init`]: the kernel's `init=`
+//! - the assembly happens on a small staging tmpfs over `/tmp` (see [`crate::mounted_root`]), the
+//!   real init is `ovl.init=` or `/sbin/init` ([`mounted_root::real_init`]: the kernel's `init=`
 //!   names overlay-init itself), and `pivot_root` puts the old root at `/rom`.
 
 use std::path::{Path, PathBuf};
@@ -17,8 +17,8 @@ use super::steps::{mount_api_filesystem, upper_name, API_MOUNTS};
 use super::{Devices, MainLower};
 use crate::cmdline::{Config, UpperSpec};
 use crate::lower;
+use crate::mounted_root::{self, RootMount};
 use crate::overlay::Staging;
-use crate::router::{self, RootMount};
 use crate::sys;
 
 /// The API mounts router mode moves into the overlay, in an order that keeps
@@ -49,9 +49,9 @@ pub fn mount_api_filesystems() -> Result<()> {
 }
 
 pub fn log_start(config: &Config, uptime: Option<f64>) {
-    let root = match router::detect_boot_mode() {
-        Ok(router::BootMode::Router(root)) => root,
-        Ok(router::BootMode::Initramfs) => {
+    let root = match mounted_root::detect_boot_mode() {
+        Ok(mounted_root::BootMode::Router(root)) => root,
+        Ok(mounted_root::BootMode::Initramfs) => {
             // main() judged by statfs; mountinfo disagrees. Say so, carry on.
             log::warn!("mountinfo shows an initramfs at /, but / is not a ramfs/tmpfs");
             unknown_root()
@@ -82,7 +82,7 @@ fn unknown_root() -> RootMount {
 
 /// What router mode refuses before touching anything (`ovl.image=` needs the
 /// lower mounted from a file, but here the kernel's root already is the
-/// lower); returns the real init ([`router::real_init`]).
+/// lower); returns the real init ([`mounted_root::real_init`]).
 pub fn check_config(config: &Config, argv0: &str) -> Result<String> {
     if let Some(image) = &config.image {
         bail!(
@@ -96,7 +96,7 @@ pub fn check_config(config: &Config, argv0: &str) -> Result<String> {
              before overlay-init ran (verify it with the kernel's dm-mod.create=, or use an initramfs)"
         );
     }
-    router::real_init(config, argv0)
+    mounted_root::real_init(config, argv0)
 }
 
 /// Wait for the `ovl.lower=` devices (fatal when missing) and the upper device
@@ -131,7 +131,7 @@ pub fn mount_lower() -> Result<MainLower> {
 
 /// Move the API filesystems that are mounted into the new root.
 pub fn move_api_mounts(staging: &Staging) -> Result<()> {
-    router::move_api_mounts(staging, MOVED_API_MOUNTS)
+    mounted_root::move_api_mounts(staging, MOVED_API_MOUNTS)
 }
 
 /// Whether this PID 1 runs on a root the kernel mounted (router mode) rather

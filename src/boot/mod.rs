@@ -251,7 +251,7 @@ impl RootMode {
     pub fn prepare_staging(self) -> Result<Staging> {
         match self {
             RootMode::Initramfs => Ok(initramfs::staging()),
-            RootMode::KernelRoot => crate::router::prepare_staging(),
+            RootMode::KernelRoot => crate::mounted_root::prepare_staging(),
         }
     }
 
@@ -270,7 +270,7 @@ impl RootMode {
     pub fn move_layers(self, staging: &Staging) -> Result<()> {
         match self {
             RootMode::Initramfs => crate::overlay::move_layers_into_root(staging),
-            RootMode::KernelRoot => crate::router::move_upper_into_root(staging),
+            RootMode::KernelRoot => crate::mounted_root::move_upper_into_root(staging),
         }
     }
 
@@ -289,7 +289,9 @@ impl RootMode {
                 sys::switch::enter_new_root(&staging.root())?;
                 Ok(Some(old_root))
             }
-            RootMode::KernelRoot => crate::router::pivot_into_new_root(staging).map(|()| None),
+            RootMode::KernelRoot => {
+                crate::mounted_root::pivot_into_new_root(staging).map(|()| None)
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::support::{in_private_mount_namespace, make_squashfs, tree};
 use overlay_init::boot::upper::UpperKind;
 use overlay_init::boot::{self, RootMode};
-use overlay_init::router::{self, BootMode};
+use overlay_init::mounted_root::{self, BootMode};
 use overlay_init::sys::loopdev;
 use overlay_init::sys::mount::{is_mountpoint, mount_fs};
 use overlay_init::timeline::Timeline;
@@ -118,7 +118,7 @@ fn router_boot(dir: &Path, with_run: bool) {
     let mode = RootMode::KernelRoot;
     mode.mount_api_filesystems().unwrap();
     assert_eq!(is_mountpoint(Path::new("/run")), with_run);
-    let BootMode::Router(root) = router::detect_boot_mode().unwrap() else {
+    let BootMode::Router(root) = mounted_root::detect_boot_mode().unwrap() else {
         panic!("a squashfs / is router mode");
     };
     assert_eq!(root.fstype, "squashfs");
@@ -188,9 +188,10 @@ fn router_boot(dir: &Path, with_run: bool) {
         .unwrap()
         .lines()
         .all(|l| !l.contains(" /rom/")));
-    let mode =
-        router::boot_mode_from_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap())
-            .unwrap();
+    let mode = mounted_root::boot_mode_from_mountinfo(
+        &fs::read_to_string("/proc/self/mountinfo").unwrap(),
+    )
+    .unwrap();
     assert!(matches!(mode, BootMode::Router(ref r) if r.fstype == "overlay"));
     if with_run {
         assert_eq!(
