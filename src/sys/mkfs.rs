@@ -17,7 +17,8 @@ use anyhow::{bail, Context, Result};
 use crate::fstype::FsType;
 use crate::mkfs::{find_mkfs, human_size, plan_format, FormatPlan, MkfsTool};
 use crate::probe::blank::{
-    classify, edge_ranges, marker_offset, Classification, Edges, FormatMarker, MARKER_BYTES,
+    classify, classify_usable, edge_ranges, marker_offset, Classification, Edges, FormatMarker,
+    MARKER_BYTES, QUICK_HEAD_BYTES, QUICK_TAIL_BYTES,
 };
 use crate::probe::superblock::detect;
 
@@ -44,6 +45,12 @@ impl DeviceView {
 /// Read the first and last MiB of `device` (a block device or, in tests, an
 /// image file), read-only.
 pub fn read_device(device: &Path) -> Result<DeviceView> {
+    read_edges(device, edge_ranges)
+}
+
+/// Read the edges of `device` that `ranges(size)` names: `(head_len,
+/// tail_offset, tail_len)`.
+fn read_edges(device: &Path, ranges: impl Fn(u64) -> (usize, u64, usize)) -> Result<DeviceView> {
     let mut file =
         File::open(device).with_context(|| format!("open {} to probe it", device.display()))?;
     let size = file
@@ -55,7 +62,7 @@ pub fn read_device(device: &Path) -> Result<DeviceView> {
         rustix::fs::ioctl_blksszget(&file)
             .with_context(|| format!("BLKSSZGET on {}", device.display()))?
     };
-    let (head_len, tail_offset, tail_len) = edge_ranges(size);
+    let (head_len, tail_offset, tail_len) = ranges(size);
     let mut head = vec![0u8; head_len];
     file.read_exact_at(&mut head, 0)
         .with_context(|| format!("read the first {head_len} bytes of {}", device.display()))?;
@@ -71,8 +78,24 @@ pub fn read_device(device: &Path) -> Result<DeviceView> {
 }
 
 /// Classify `device` (see `probe::blank::classify`).
+/// An upper that already holds its filesystem (every boot but the first) is
+/// told from a short read; only the rest needs the whole edges.
 pub fn classify_device(device: &Path) -> Result<Classification> {
-    Ok(read_device(device)?.classify())
+    let quick = read_edges(device, |size| {
+        let head = size.min(QUICK_HEAD_BYTES as u64) as usize;
+        let tail = size.min(QUICK_TAIL_BYTES as u64) as usize;
+        (head, size - tail as u64, tail)
+    })?;
+    let usable = classify_usable(Edges {
+        head: &quick.head,
+        tail: &quick.tail,
+        size: quick.size,
+        sector_size: quick.sector_size,
+    });
+    match usable {
+        Some(classification) => Ok(classification),
+        None => Ok(read_device(device)?.classify()),
+    }
 }
 
 /// A finished format, printed as the boot log line.
