@@ -48,7 +48,7 @@ pub fn mount_api_filesystems() -> Result<()> {
     Ok(())
 }
 
-pub fn log_start(config: &Config, uptime: Option<f64>) {
+pub fn log_start(config: &Config, uptime: Option<String>) {
     let root = match mounted_root::detect_boot_mode() {
         Ok(mounted_root::BootMode::Router(root)) => root,
         Ok(mounted_root::BootMode::Initramfs) => {
@@ -62,8 +62,8 @@ pub fn log_start(config: &Config, uptime: Option<f64>) {
         }
     };
     log::info!(
-        "starting in router mode (uptime {:.3} s): / is {} from {} ({}), upper={}",
-        uptime.unwrap_or_default(),
+        "starting in router mode (uptime {} s): / is {} from {} ({}), upper={}",
+        uptime.as_deref().unwrap_or("?"),
         root.fstype,
         root.source,
         if root.read_only { "ro" } else { "rw" },
