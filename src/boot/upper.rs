@@ -133,7 +133,7 @@ pub fn apply_reset(
 }
 
 /// The "upper dirs" step: `upper/` and `work/` where the changes go. A full
-/// persistent upper (ENOSPC) or one that is not writable degrades to a tmpfs.
+/// persistent upper (ENOSPC) or one where they cannot be made degrades to a tmpfs.
 pub fn prepare_upper_dirs(
     config: &Config,
     staging: &Staging,
@@ -164,7 +164,7 @@ pub fn prepare_upper_dirs(
 }
 
 /// The "overlay" step: mount the overlay of `lowers` and the upper at
-/// `staging.root()`. An overlay that will not mount (or is not writable) on a
+/// `staging.root()`. An overlay that will not mount (or mounts read-only) on a
 /// persistent upper degrades to a tmpfs upper.
 pub fn mount_overlay(
     config: &Config,
