@@ -34,21 +34,29 @@ fn busybox_initramfs_prints_marker_and_powers_off() {
     );
 }
 
-#[test]
-fn hanging_guest_is_stopped_by_the_timeout() {
-    let scratch = Scratch::new("smoke-hang");
+/// Boots a busybox initramfs whose /init is `script`, bounded by `timeout`.
+fn boot_script(name: &str, script: &str, timeout: Duration) -> BootResult {
+    let scratch = Scratch::new(name);
     let initramfs = scratch.join("initramfs.cpio");
     BusyboxInitramfs {
-        init_script: "echo SMOKE: hanging\nwhile :; do busybox sleep 1; done\n".into(),
+        init_script: script.into(),
         ..Default::default()
     }
     .build(&initramfs);
-
-    let result = boot(&BootSpec {
+    boot(&BootSpec {
         initrd: Initrd::Path(initramfs),
-        timeout: Duration::from_secs(8),
+        timeout,
         ..Default::default()
-    });
+    })
+}
+
+#[test]
+fn hanging_guest_is_stopped_by_the_timeout() {
+    let result = boot_script(
+        "smoke-hang",
+        "echo SMOKE: hanging\nwhile :; do busybox sleep 1; done\n",
+        Duration::from_secs(8),
+    );
 
     assert_marker(&result, "SMOKE: hanging");
     assert_exit(&result, Exit::Timeout);
@@ -64,19 +72,11 @@ fn hanging_guest_is_stopped_by_the_timeout() {
 
 #[test]
 fn init_that_exits_is_reported_as_a_kernel_panic() {
-    let scratch = Scratch::new("smoke-panic");
-    let initramfs = scratch.join("initramfs.cpio");
-    BusyboxInitramfs {
-        init_script: "echo SMOKE: exiting\nexit 7\n".into(),
-        ..Default::default()
-    }
-    .build(&initramfs);
-
-    let result = boot(&BootSpec {
-        initrd: Initrd::Path(initramfs),
-        timeout: Duration::from_secs(60),
-        ..Default::default()
-    });
+    let result = boot_script(
+        "smoke-panic",
+        "echo SMOKE: exiting\nexit 7\n",
+        Duration::from_secs(60),
+    );
 
     assert_marker(&result, "Attempted to kill init");
     assert_exit(&result, Exit::Panic);
