@@ -8,7 +8,6 @@ use std::process::{Command, Output, Stdio};
 
 use super::base::*;
 
-
 pub fn make_squashfs(dir: &Path, out: &Path) {
     let _ = fs::remove_file(out);
     run(Command::new("mksquashfs").arg(dir).arg(out).args([
@@ -135,8 +134,6 @@ impl<'a> Ext4<'a> {
         run(cmd.arg(image).arg(format!("{}M", self.size_mib)));
     }
 }
-
-
 
 #[derive(Debug, Clone)]
 pub struct GptPartition {

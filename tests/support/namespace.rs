@@ -9,9 +9,9 @@
 
 use std::ffi::{CStr, OsStr};
 use std::fs;
+use std::panic::Location;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::panic::Location;
 use std::time::{Duration, Instant};
 
 use overlay_init::sys::loopdev;
@@ -329,4 +329,3 @@ pub fn assert_no_loop_device_under(dir: &Path) {
             .expect("receive uevent");
     }
 }
-

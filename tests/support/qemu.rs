@@ -930,4 +930,3 @@ fn module_index() -> &'static HashMap<String, PathBuf> {
             .collect()
     })
 }
-
