@@ -85,13 +85,15 @@ pub fn hex_lower(bytes: &[u8]) -> String {
 /// anything else (an odd count, a non-hex character).
 pub fn hex_decode(hex: &str) -> Option<Vec<u8>> {
     let digit = |c: u8| (c as char).to_digit(16);
-    hex.as_bytes()
-        .chunks(2)
-        .map(|pair| match pair {
-            [high, low] => Some((digit(*high)? << 4 | digit(*low)?) as u8),
-            _ => None,
-        })
-        .collect()
+    let hex = hex.as_bytes();
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(hex.len() / 2);
+    for pair in hex.chunks_exact(2) {
+        bytes.push((digit(pair[0])? << 4 | digit(pair[1])?) as u8);
+    }
+    Some(bytes)
 }
 
 /// Whether `buf` starts with a verity superblock's signature.
