@@ -16,7 +16,7 @@ use std::fmt;
 
 use crate::cmdline::{Config, Problems};
 use crate::devspec::DeviceSpec;
-use crate::probe::verity::{hex_lower, VeritySuperblock, SUPERBLOCK_BYTES};
+use crate::probe::verity::{hex_decode, hex_lower, VeritySuperblock, SUPERBLOCK_BYTES};
 
 /// Kernel modules verification needs (with what they depend on, which the
 /// module index lists): loaded on demand, only when a verity parameter is given.
@@ -39,23 +39,13 @@ impl RootHash {
     /// Parse hex digits (either case). The length is checked against the hash
     /// algorithm later, by [`plan_table`], once the superblock is read.
     pub fn parse(hex: &str) -> Result<Self, String> {
-        let ok = hex.len().is_multiple_of(2)
-            && hex.len() >= 2 * MIN_DIGEST_BYTES
-            && hex.bytes().all(|b| b.is_ascii_hexdigit());
-        let bytes: Option<Vec<u8>> = ok
-            .then(|| {
-                (0..hex.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-                    .collect()
-            })
-            .flatten();
-        bytes.map(RootHash).ok_or_else(|| {
-            format!(
+        match hex_decode(hex) {
+            Some(bytes) if bytes.len() >= MIN_DIGEST_BYTES => Ok(RootHash(bytes)),
+            _ => Err(format!(
                 "{hex:?} is not a root hash: an even number of hex digits, at least {}",
                 2 * MIN_DIGEST_BYTES
-            )
-        })
+            )),
+        }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -79,18 +69,15 @@ impl fmt::Debug for RootHash {
 /// The shortest digest accepted (sha1's is 20 bytes; md5 is not offered).
 const MIN_DIGEST_BYTES: usize = 20;
 
-/// Digest size of the hash algorithms `veritysetup` offers, to check a root
-/// hash's length before the kernel does (its error would only say "Invalid
-/// root digest" in the kernel log). `None` for a name not in this list: the
-/// kernel then checks.
+/// Digest size of the hash algorithms images are made with (`veritysetup`'s
+/// default sha256, and sha1, sha512), to check a root hash's length before
+/// the kernel does (its error would only say "Invalid root digest" in the
+/// kernel log). `None` for any other name: the kernel then checks.
 pub fn digest_bytes(algorithm: &str) -> Option<usize> {
     Some(match algorithm {
+        "sha256" => 32,
         "sha1" => 20,
-        "sha224" | "sha3-224" => 28,
-        "sha256" | "sha3-256" | "sm3" | "blake2s-256" | "blake2b-256" | "streebog256" => 32,
-        "sha384" | "sha3-384" => 48,
-        "sha512" | "sha3-512" | "blake2b-512" | "streebog512" | "whirlpool" => 64,
-        "ripemd160" => 20,
+        "sha512" => 64,
         _ => return None,
     })
 }
@@ -153,8 +140,7 @@ pub fn parse_verity_hashoffset(value: &str) -> Result<u64, String> {
     })?;
     if !bytes.is_multiple_of(512) {
         return Err(format!(
-            "ovl.verity_hashoffset=: {bytes} is not a multiple of 512 \
-             (veritysetup only writes the hash area at 512-byte sectors)"
+            "ovl.verity_hashoffset=: {bytes} is not a multiple of 512"
         ));
     }
     Ok(bytes)
@@ -178,9 +164,11 @@ pub fn parse_verity_onerror(value: &str) -> Result<OnError, String> {
 /// is an error (never silently an unverified lower). Returns the SPEC text, for
 /// the `ovl.lower=` parser, and the root hash if any.
 pub fn parse_lower_entry(entry: &str) -> Result<(&str, Option<RootHash>), String> {
-    let Some((spec, hash)) = entry.rsplit_once('@') else {
+    // A byte search: `rsplit_once` would link a second memrchr for one call.
+    let Some(at) = entry.bytes().rposition(|b| b == b'@') else {
         return Ok((entry, None));
     };
+    let (spec, hash) = (&entry[..at], &entry[at + 1..]);
     if spec.is_empty() {
         return Err(format!(
             "ovl.lower=: {entry:?} has a root hash but no device or file"
@@ -235,7 +223,7 @@ pub fn ovl_verity_onerror(c: &mut Config, v: Option<&str>, p: &mut Problems<'_>)
 
 /// Combine the `ovl.verity*` parameters into `config.verity`; `Err` is fatal.
 pub fn resolve(config: &mut Config) -> Result<(), String> {
-    let p = config.verity_params.clone();
+    let p = std::mem::take(&mut config.verity_params);
     config.verity = VerityConfig::from_params(p.root_hash, p.hash, p.hash_offset, p.on_error)?;
     Ok(())
 }
@@ -261,32 +249,31 @@ impl VerityConfig {
         on_error: Option<OnError>,
     ) -> Result<Option<Self>, String> {
         let Some(root_hash) = verity else {
-            let given: Vec<&str> = [
-                hash.as_ref().map(|_| "ovl.verity_hash="),
-                hash_offset.map(|_| "ovl.verity_hashoffset="),
-                on_error.map(|_| "ovl.verity_onerror="),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
-            if !given.is_empty() {
-                return Err(format!(
-                    "{} given without ovl.verity=ROOTHASH, which turns verification on",
-                    given.join(" and ")
-                ));
-            }
-            return Ok(None);
+            // Named one at a time: the first found.
+            let given = if hash.is_some() {
+                "ovl.verity_hash="
+            } else if hash_offset.is_some() {
+                "ovl.verity_hashoffset="
+            } else if on_error.is_some() {
+                "ovl.verity_onerror="
+            } else {
+                return Ok(None);
+            };
+            return Err(format!(
+                "{given} given without ovl.verity=ROOTHASH, which turns verification on"
+            ));
         };
         if hash.is_none() && hash_offset.is_none() {
-            return Err("ovl.verity= needs to know where the hash tree is: \
-                 ovl.verity_hash=SPEC (a device of its own) or ovl.verity_hashoffset=BYTES \
-                 (appended to the lower, veritysetup --hash-offset)"
-                .into());
+            return Err(
+                "ovl.verity= needs ovl.verity_hash=SPEC or ovl.verity_hashoffset=BYTES \
+                 (where the hash tree is)"
+                    .into(),
+            );
         }
         if hash_offset == Some(0) && hash.is_none() {
             return Err(
                 "ovl.verity_hashoffset=0 without ovl.verity_hash= puts the hash tree \
-                 over the lower's own data; give the offset veritysetup --hash-offset used"
+                 on the lower's data"
                     .into(),
             );
         }
@@ -337,7 +324,8 @@ pub fn hash_start_block(hash_offset: u64, hash_block_size: u32) -> u64 {
 
 /// The table line of dm-verity (version 1 format; the hash offset is a
 /// multiple of 512, as `parse_verity_hashoffset` and `appended_hash_offset`
-/// give it, and the devices are `MAJOR:MINOR`; see the kernel's
+/// give it; the devices are paths or `MAJOR:MINOR`, as `dm_get_device` takes them;
+/// see the kernel's
 /// `Documentation/admin-guide/device-mapper/verity.rst`):
 ///
 /// `<version> <dev> <hash_dev> <data_block_size> <hash_block_size>
@@ -700,7 +688,7 @@ mod tests {
         assert_eq!(config.on_error, OnError::Panic);
         let error = VerityConfig::from_params(None, vdb(), Some(512), None).unwrap_err();
         assert!(
-            error.contains("ovl.verity_hash= and ovl.verity_hashoffset= given without ovl.verity="),
+            error.contains("ovl.verity_hash= given without ovl.verity="),
             "{error}"
         );
         let error = VerityConfig::from_params(hash(), None, None, None).unwrap_err();

@@ -149,8 +149,8 @@ pub fn sequence(
     })?;
     t.step("move layers", || mode.move_layers(&staging))?;
     t.step("check init", || {
-        sys::switch::check_init(&staging.root(), &init)?;
-        verity::check_init(config, &staging.root(), &init)
+        let file = sys::switch::check_init(&staging.root(), &init)?;
+        verity::check_init(config, file, &init)
     })?;
     t.step("boot state", || {
         upper::write_boot_state(config, &upper, attempts);

@@ -111,11 +111,13 @@ pub fn arm_on_error(config: &Config, upper: &UpperKind) {
 /// With a verified lower, read the whole real init once before the handover:
 /// a corrupted block in it fails the boot here, by name, instead of killing
 /// PID 1 with SIGBUS (a kernel panic) when the page is first executed.
-pub fn check_init(config: &Config, new_root: &Path, init: &str) -> Result<()> {
+/// `file` is the init as `sys::switch::check_init` opened it (inside the new
+/// root, its symlinks followed).
+pub fn check_init(config: &Config, file: std::fs::File, init: &str) -> Result<()> {
     if config.verity.is_none() && config.lower_hashes.iter().all(Option::is_none) {
         return Ok(());
     }
-    dmv::read_whole(new_root, init).with_context(|| {
+    dmv::read_rest(file).with_context(|| {
         format!(
             "the real init {init} does not read back through dm-verity: a block of it \
              does not match the verified image (the kernel log names it)"

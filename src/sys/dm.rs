@@ -8,21 +8,20 @@
 //! `DM_DEV_SUSPEND` without the suspend flag, which resumes the device and
 //! swaps the loaded table in.
 //!
-//! Without udev nobody makes `/dev/mapper/NAME`; devtmpfs makes `/dev/dm-N`
-//! only. [`create_device`] makes the `/dev/mapper/NAME` node itself, from the
+//! Without udev nobody makes `/dev/mapper/NAME`; devtmpfs makes
+//! `/dev/mapper/control` (when dm_mod registers it) and `/dev/dm-N` only.
+//! [`create_device`] makes the `/dev/mapper/NAME` node itself, from the
 //! device number `DM_DEV_CREATE` returns. [`DmDevice`] removes the device (and
 //! the node it made) on drop unless [`DmDevice::keep`] was called, so an error
 //! between creation and mount leaves nothing behind.
 
 use std::ffi::c_void;
-use std::fs;
 use std::mem::{offset_of, size_of};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use rustix::fs::{FileType, Mode, OFlags, CWD};
-use rustix::io::Errno;
 use rustix::ioctl::{self, Ioctl, IoctlOutput, Opcode};
 
 const DM_NAME_LEN: usize = 128;
@@ -40,10 +39,9 @@ const DM_STATUS_TABLE_FLAG: u32 = 1 << 4;
 const DM_BUFFER_FULL_FLAG: u32 = 1 << 8;
 const DM_DEFERRED_REMOVE: u32 = 1 << 17;
 
-/// The control node and the misc device behind it.
+/// The control node (devtmpfs makes it when dm_mod registers its misc device).
 pub const CONTROL_PATH: &str = "/dev/mapper/control";
 const MAPPER_DIR: &str = "/dev/mapper";
-const CONTROL_SYSFS_DEV: &str = "/sys/class/misc/device-mapper/dev";
 
 /// `struct dm_ioctl` from <linux/dm-ioctl.h>. Requests are written into a byte
 /// buffer at these fields' offsets ([`offset_of!`]) rather than through the
@@ -173,16 +171,8 @@ impl DmRequest {
         u64::from_ne_bytes(self.buffer[at..at + 8].try_into().expect("8 bytes"))
     }
 
-    fn set_uuid(&mut self, uuid: &str) -> Result<()> {
-        if uuid.len() >= DM_UUID_LEN || uuid.bytes().any(|b| !b.is_ascii_graphic()) {
-            bail!("device-mapper UUID {uuid:?}: at most 128 printable characters");
-        }
-        let at = offset_of!(DmIoctl, uuid);
-        self.buffer[at..at + uuid.len()].copy_from_slice(uuid.as_bytes());
-        Ok(())
-    }
-
-    /// Append one target at the data start (a single-target table).
+    /// Append one target at the data start (a single-target table). The
+    /// request was made with room for it (see [`Control::load_table`]).
     fn set_target(&mut self, target: &Target) -> Result<()> {
         if target.target_type.is_empty()
             || target.target_type.len() >= DM_MAX_TYPE_NAME
@@ -195,9 +185,6 @@ impl DmRequest {
             );
         }
         let needed = SPEC + target.params.len() + 1;
-        if HEADER + needed > self.buffer.len() {
-            bail!("device-mapper table of {needed} bytes does not fit the request");
-        }
         self.put_u32(offset_of!(DmIoctl, target_count), 1);
         let spec = HEADER;
         self.put_u64(spec + offset_of!(DmTargetSpec, sector_start), target.start);
@@ -253,31 +240,11 @@ pub struct Control {
 }
 
 impl Control {
-    /// Open the control node, creating it from sysfs when devtmpfs has not
-    /// (it has, whenever devtmpfs is mounted and dm-mod is loaded).
+    /// Open the control node. devtmpfs (which overlay-init mounts on `/dev`)
+    /// makes it when device-mapper registers, so there is nothing to create.
     pub fn open() -> Result<Self> {
-        let flags = OFlags::RDWR | OFlags::CLOEXEC;
-        match rustix::fs::open(CONTROL_PATH, flags, Mode::empty()) {
-            Ok(fd) => return Ok(Control { fd }),
-            Err(Errno::NOENT) => {}
-            Err(errno) => return Err(errno).with_context(|| format!("opening {CONTROL_PATH}")),
-        }
-        let numbers = fs::read_to_string(CONTROL_SYSFS_DEV).with_context(|| {
-            format!(
-                "{CONTROL_PATH} is missing and so is {CONTROL_SYSFS_DEV}: \
-                 device-mapper is not in this kernel (is dm-mod loaded?)"
-            )
-        })?;
-        let (major, minor) = parse_dev_numbers(&numbers)
-            .with_context(|| format!("{CONTROL_SYSFS_DEV} holds {numbers:?}"))?;
-        make_node(
-            Path::new(CONTROL_PATH),
-            FileType::CharacterDevice,
-            major,
-            minor,
-        )?;
-        let fd = rustix::fs::open(CONTROL_PATH, flags, Mode::empty())
-            .with_context(|| format!("opening {CONTROL_PATH}"))?;
+        let fd = rustix::fs::open(CONTROL_PATH, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+            .context("opening /dev/mapper/control (device-mapper: dm_mod)")?;
         Ok(Control { fd })
     }
 
@@ -296,19 +263,11 @@ impl Control {
     }
 
     /// `DM_DEV_CREATE`: a device with no table; returns its (major, minor).
-    pub fn create(&self, name: &str, uuid: Option<&str>) -> Result<(u32, u32)> {
+    /// EBUSY: a device of that name exists already.
+    pub fn create(&self, name: &str) -> Result<(u32, u32)> {
         let mut request = DmRequest::new(name, 0, 0)?;
-        if let Some(uuid) = uuid {
-            request.set_uuid(uuid)?;
-        }
         request
             .call(self.fd.as_fd(), DM_DEV_CREATE)
-            .map_err(|errno| match errno {
-                Errno::BUSY => anyhow::anyhow!(
-                    "a device-mapper device named {name} (or with that UUID) already exists"
-                ),
-                errno => anyhow::Error::from(errno),
-            })
             .with_context(|| format!("creating device-mapper device {name}"))?;
         let dev = request.u64_at(offset_of!(DmIoctl, dev));
         Ok((rustix::fs::major(dev), rustix::fs::minor(dev)))
@@ -432,29 +391,18 @@ fn c_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-/// Parse a sysfs `dev` attribute, `MAJOR:MINOR\n`.
-fn parse_dev_numbers(s: &str) -> Option<(u32, u32)> {
-    let (major, minor) = s.trim().split_once(':')?;
-    Some((major.parse().ok()?, minor.parse().ok()?))
-}
-
-/// `mknod` a node (and `/dev/mapper`), accepting one that exists already.
-fn make_node(path: &Path, kind: FileType, major: u32, minor: u32) -> Result<()> {
-    match rustix::fs::mkdir(MAPPER_DIR, Mode::from_raw_mode(0o755)) {
-        Ok(()) | Err(Errno::EXIST) => {}
-        Err(errno) => return Err(errno).with_context(|| format!("creating {MAPPER_DIR}")),
-    }
-    match rustix::fs::mknodat(
+/// `mknod` the block device node `path` (in `/dev/mapper`, which devtmpfs
+/// made with the control node), replacing a stale one.
+fn make_node(path: &Path, major: u32, minor: u32) -> Result<()> {
+    let _ = rustix::fs::unlink(path);
+    rustix::fs::mknodat(
         CWD,
         path,
-        kind,
+        FileType::BlockDevice,
         Mode::from_raw_mode(0o600),
         rustix::fs::makedev(major, minor),
-    ) {
-        Ok(()) | Err(Errno::EXIST) => Ok(()),
-        Err(errno) => Err(errno)
-            .with_context(|| format!("creating device node {} ({major}:{minor})", path.display())),
-    }
+    )
+    .with_context(|| format!("creating device node {}", path.display()))
 }
 
 /// A device-mapper device this process created. Removed on drop (with the
@@ -470,14 +418,9 @@ pub struct DmDevice {
 
 /// Create `name` with a one-target table and make it live; the node is
 /// `/dev/mapper/NAME`. Any failure removes what was made.
-pub fn create_device(
-    name: &str,
-    uuid: Option<&str>,
-    target: &Target,
-    read_only: bool,
-) -> Result<DmDevice> {
+pub fn create_device(name: &str, target: &Target, read_only: bool) -> Result<DmDevice> {
     let control = Control::open()?;
-    let (major, minor) = control.create(name, uuid)?;
+    let (major, minor) = control.create(name)?;
     let device = DmDevice {
         name: name.to_string(),
         path: Path::new(MAPPER_DIR).join(name),
@@ -490,14 +433,7 @@ pub fn create_device(
     control.resume(name)?;
     // The node is made from the number the kernel returned: by devtmpfs's
     // /dev/dm-N or udev we would have to wait; mknod is immediate.
-    let _ = rustix::fs::unlink(&device.path); // a stale node from an earlier device
-    make_node(&device.path, FileType::BlockDevice, major, minor)?;
-    log::debug!(
-        "device-mapper {name} ({major}:{minor}) live: 0 {} {} {}",
-        target.sectors,
-        target.target_type,
-        target.params
-    );
+    make_node(&device.path, major, minor)?;
     Ok(device)
 }
 
@@ -543,15 +479,10 @@ impl DmDevice {
     }
 }
 
+/// Deferred: a device nobody has open goes now, one still open (a mount, a
+/// reader) when its last user closes it.
 fn remove_with_node(control: &Control, name: &str, path: &Path) -> Result<()> {
-    let result = match control.remove(name, false) {
-        // Still open (a mount, a reader): let the kernel remove it at last close.
-        Err(e) if e.downcast_ref::<Errno>() == Some(&Errno::BUSY) => {
-            log::debug!("{name} is busy; deferring its removal to its last close");
-            control.remove(name, true)
-        }
-        other => other,
-    };
+    let result = control.remove(name, true);
     let _ = rustix::fs::unlink(path);
     result
 }
@@ -568,7 +499,7 @@ impl Drop for DmDevice {
 
 /// Whether device-mapper is in the kernel now (built in or `dm_mod` loaded).
 pub fn available() -> bool {
-    Path::new(CONTROL_SYSFS_DEV).exists() || Path::new(CONTROL_PATH).exists()
+    Path::new(CONTROL_PATH).exists()
 }
 
 /// The size of a block device in bytes (`BLKGETSIZE64`), for the plan's size checks.
@@ -633,24 +564,11 @@ mod tests {
         assert!(DmRequest::new("a/b", 0, 0).is_err());
         assert!(DmRequest::new(&"x".repeat(128), 0, 0).is_err());
         assert!(DmRequest::new("has space", 0, 0).is_err());
-        let mut request = DmRequest::new("x", 0, 8).unwrap();
-        let error = request.set_target(&verity_target()).unwrap_err();
-        assert!(error.to_string().contains("does not fit"), "{error}");
         let mut long_type = verity_target();
         long_type.target_type = "x".repeat(16);
         assert!(DmRequest::new("x", 0, 200)
             .unwrap()
             .set_target(&long_type)
             .is_err());
-        assert!(DmRequest::new("x", 0, 0)
-            .unwrap()
-            .set_uuid(&"u".repeat(129))
-            .is_err());
-    }
-
-    #[test]
-    fn parses_sysfs_dev_attribute() {
-        assert_eq!(parse_dev_numbers("10:236\n"), Some((10, 236)));
-        assert_eq!(parse_dev_numbers("10"), None);
     }
 }

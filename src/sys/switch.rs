@@ -14,8 +14,9 @@ use crate::executable::classify_executable;
 use crate::sys::{dirfd, statfs, wipe};
 
 /// Check that `init` names a runnable file inside `new_root`, resolving
-/// symlinks as the kernel will once `new_root` is `/`.
-pub fn check_init(new_root: &Path, init: &str) -> Result<()> {
+/// symlinks as the kernel will once `new_root` is `/`. Returns it open, read
+/// past its first bytes (a verified lower reads the rest: `boot::verity`).
+pub fn check_init(new_root: &Path, init: &str) -> Result<std::fs::File> {
     let root = rustix::fs::open(new_root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
         .with_context(|| format!("open new root {}", new_root.display()))?;
     let fd = openat2(
@@ -45,7 +46,7 @@ pub fn check_init(new_root: &Path, init: &str) -> Result<()> {
         .with_context(|| format!("read {init}"))?;
     classify_executable(&head[..n])
         .map_err(|why| anyhow::anyhow!("the real init {init} cannot run: {why}"))?;
-    Ok(())
+    Ok(file)
 }
 
 /// What freeing the initramfs did.
@@ -170,7 +171,11 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let r = root.clone();
         std::thread::spawn(move || {
-            let _ = tx.send(check_init(&r, "/sbin/init").map_err(|e| format!("{e:#}")));
+            let _ = tx.send(
+                check_init(&r, "/sbin/init")
+                    .map(drop)
+                    .map_err(|e| format!("{e:#}")),
+            );
         });
         let result = rx
             .recv_timeout(std::time::Duration::from_secs(10))

@@ -5,12 +5,13 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
 use super::dm::{self, DmDevice, Target};
+use super::io::{read_head, FileSource};
+use crate::probe::source::ByteSource;
 use crate::probe::verity::{self as sb, VeritySuperblock};
 use crate::verity::{
     parse_table_params, plan_table, LiveTable, OnError, RootHash, VeritySpec, TARGET_TYPE,
@@ -40,79 +41,40 @@ pub struct VerifiedDevice {
 
 /// Read the verity superblock at `offset` of `hash`.
 pub fn read_superblock(hash: &Path, offset: u64) -> Result<VeritySuperblock> {
-    let file = File::open(hash).with_context(|| format!("opening {}", hash.display()))?;
-    let mut buf = vec![0u8; sb::SUPERBLOCK_BYTES];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "reading the verity superblock of {} at {offset}",
-                        hash.display()
-                    )
-                })
-            }
-        }
-    }
-    buf.truncate(filled);
-    match sb::read(&buf) {
-        Ok(Some(superblock)) => Ok(superblock),
-        Ok(None) => bail!(
-            "no verity superblock on {} at offset {offset} (wrong ovl.verity_hash= or \
-             ovl.verity_hashoffset=, or made with veritysetup --no-superblock)",
-            hash.display()
-        ),
-        Err(e) => Err(e).with_context(|| format!("{} at offset {offset}", hash.display())),
-    }
-}
-
-/// `MAJOR:MINOR` of a block device, as the table line takes it.
-fn block_dev_numbers(path: &Path) -> Result<String> {
-    let metadata = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
-    if !metadata.file_type().is_block_device() {
-        bail!("{} is not a block device", path.display());
-    }
-    let rdev = metadata.rdev();
-    Ok(format!(
-        "{}:{}",
-        rustix::fs::major(rdev),
-        rustix::fs::minor(rdev)
-    ))
+    let buf = FileSource::open(hash)?.read_at(offset, sb::SUPERBLOCK_BYTES)?;
+    let why = match sb::read(&buf) {
+        Ok(Some(superblock)) => return Ok(superblock),
+        Ok(None) => "no verity superblock (wrong ovl.verity_hash= or ovl.verity_hashoffset=, \
+                     or made with veritysetup --no-superblock)"
+            .to_string(),
+        Err(e) => e.to_string(),
+    };
+    bail!("{} at offset {offset}: {why}", hash.display())
 }
 
 /// Set up `request.name` over the data device and check the root hash by
 /// reading the first data block. On any failure nothing is left behind.
 pub fn open(request: &OpenRequest<'_>) -> Result<VerifiedDevice> {
     let superblock = read_superblock(request.hash, request.hash_offset)?;
+    // The table names the devices by path: the kernel resolves it (and
+    // refuses what is not a block device), and the line reads as given.
     let spec = VeritySpec {
-        data_device: block_dev_numbers(request.data)?,
-        hash_device: block_dev_numbers(request.hash)?,
+        data_device: request.data.display().to_string(),
+        hash_device: request.hash.display().to_string(),
         hash_offset: request.hash_offset,
         root_hash: request.root_hash.clone(),
         on_error: request.on_error,
     };
-    let named = |e: String| {
-        // The plan names devices by number; say which paths they are.
-        anyhow::anyhow!(
-            "{e} (data {}, hash {})",
-            request.data.display(),
-            request.hash.display()
-        )
-    };
     // Sizes are the kernel's to check (its reason goes to the kernel log):
     // `check_sizes` would say it better, but costs the init too much.
-    let table = plan_table(&spec, &superblock).map_err(named)?;
+    let table = plan_table(&spec, &superblock).map_err(anyhow::Error::msg)?;
     let target = Target {
         start: 0,
         sectors: table.sectors,
         target_type: TARGET_TYPE.into(),
         params: table.params,
     };
-    let device = dm::create_device(request.name, None, &target, true).with_context(|| {
+    let device = dm::create_device(request.name, &target, true).with_context(|| {
         format!(
             "setting up dm-verity {} over {}",
             request.name,
@@ -155,22 +117,15 @@ fn check_first_block(
 /// [`crate::verity::MODULES`] (and what they need) from the initramfs's module
 /// index when they are not there yet. Call before [`open`].
 pub fn ensure_modules() -> Result<()> {
-    if !(dm::available() && Path::new("/sys/module/dm_verity").exists()) {
+    if !Path::new("/sys/module/dm_verity").exists() {
         for name in crate::verity::MODULES {
-            if let Some(report) = super::modules::load_on_demand(name) {
-                log::debug!(
-                    "{} modules loaded on demand for {name} in {:?}",
-                    report.modules.len(),
-                    report.total
-                );
-            }
+            let _ = super::modules::load_on_demand(name);
         }
     }
     if !dm::available() {
         bail!(
-            "device-mapper is not available (no {}): the kernel needs dm_mod and dm_verity \
-             for ovl.verity=, built in or as modules in the initramfs",
-            dm::CONTROL_PATH
+            "device-mapper is not available (no /dev/mapper/control): dm-verity needs dm_mod \
+             and dm_verity, built in or as modules in the initramfs"
         );
     }
     Ok(())
@@ -180,22 +135,11 @@ pub fn ensure_modules() -> Result<()> {
 /// (squashfs, erofs, ext4), for an extra lower given as `SPEC@ROOTHASH`:
 /// the filesystem's end from its superblock, rounded up to 4 KiB.
 pub fn find_appended_tree(data: &Path) -> Result<u64> {
-    let file = File::open(data).with_context(|| format!("opening {}", data.display()))?;
-    let mut buf = vec![0u8; 2048];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).with_context(|| format!("reading {}", data.display())),
-        }
-    }
-    buf.truncate(filled);
+    let buf = read_head(data, 2048)?;
     let end = sb::filesystem_end(&buf).with_context(|| {
         format!(
             "cannot tell where the filesystem on {} ends (squashfs, erofs or ext4 expected), \
-             so not where its appended hash tree starts",
+             so where its hash tree starts",
             data.display()
         )
     })?;
@@ -243,28 +187,16 @@ pub fn describe(name: &str) -> Result<Option<VerityState>> {
     }))
 }
 
-/// Read all of `path` (resolved inside `root`, symlinks too) and drop the
-/// bytes: every block of it passes the verity check once.
-pub fn read_whole(root: &Path, path: &str) -> Result<()> {
-    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
-    let dir = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
-        .with_context(|| format!("open {}", root.display()))?;
-    let fd = openat2(
-        &dir,
-        path,
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT,
-    )
-    .with_context(|| format!("open {path}"))?;
-    let mut file = File::from(fd);
+/// Read the rest of `file` and drop the bytes: every block of it passes the
+/// verity check once.
+pub fn read_rest(mut file: File) -> std::io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match file.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).with_context(|| format!("read {path}")),
+            Err(e) => return Err(e),
         }
     }
 }

@@ -109,9 +109,9 @@ impl Sha256 {
     }
 }
 
-/// Lower-case hex of a digest.
+/// Lower-case hex of a digest (the verity reader's encoder: one in the init).
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::probe::verity::hex_lower(bytes)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! (incompressible noise), as a squashfs with uncompressed data blocks (`-noD`), so a byte
 //! of a given file can be found in the image and flipped after the hash tree was computed.
 //!
-//! Five boots:
+//! Eight boots:
 //! - right root hash, tree on a partition of its own (`ovl.verity_hash=PARTLABEL=`, found by
 //!   the device wait), one byte of `/data/late.bin` flipped: boots; `/rom` is on
 //!   `/dev/mapper/ovl-lower`; reading `late.bin` gives EIO and the system stays up;
@@ -17,7 +17,10 @@
 //! - a wrong root hash: the lower is not mounted, the failure handler names the device and
 //!   the hash, no kernel panic;
 //! - one byte flipped in `/bin/busybox` (what `/sbin/init` links to): the init is read back
-//!   through verity before the handover, the boot fails naming dm-verity, no kernel panic.
+//!   through verity before the handover, the boot fails naming dm-verity, no kernel panic;
+//! - `ovl.verity_onerror=restart` with the boot counter (`ovl.maxtries=2`, an ext4 upper): a bad
+//!   block the system reads at every boot restarts the machine in two counted boots; the third
+//!   is the failsafe boot, which keeps dm-verity at eio and comes up (three boots).
 //!
 //! Run: `OVL_QEMU_JOBS=1 cargo test --test qemu verity::` (as root).
 
@@ -356,4 +359,85 @@ fn a_bad_block_in_the_init_stops_the_boot_without_a_panic() {
     assert_no_marker(&result, "handover to");
     assert_no_marker(&result, "Kernel panic");
     assert_exit(&result, Exit::PowerOff);
+}
+
+/// `ovl.verity_onerror=restart` and the boot counter: the system reads a file with a bad block
+/// at every boot (here the test command, standing for a service). Each normal boot is counted
+/// on the upper before verity is switched to restart, so the restarts count: with
+/// `ovl.maxtries=2` the third boot is the failsafe boot, which keeps verity at eio, so the same
+/// read gives EIO and the device comes up (in failsafe, saying why) instead of looping.
+/// QEMU runs with `-no-reboot`: a restart ends the run, and the next run on the same disks is
+/// the next boot.
+#[test]
+fn restart_on_a_bad_block_ends_in_the_failsafe_boot_not_a_loop() {
+    let scratch = Scratch::new("verity-restart-counter");
+    let images = Images::new(&scratch);
+    let disk = images.disk(&scratch, &images.late_flipped, "disk.img");
+    let upper = fresh_copy(&artifacts().upper_ext4, &scratch, "upper.ext4");
+    let append = format!(
+        "{} ovl.upper=/dev/vdb ovl.maxtries=2 ovl.verity_onerror=restart {}",
+        separate_tree_args(&images.root_hash),
+        test_init_args(
+            "/sbin/overlay-init status; echo READING-LATE; \
+             cat /data/late.bin > /dev/null 2> /tmp/err; echo LATE-ERR=$(cat /tmp/err); \
+             echo STILL-UP"
+        )
+    );
+    let boot_once = || verity_boot(vec![Disk::ro(&disk), Disk::rw(&upper)], append.clone());
+
+    for attempt in 1..=2 {
+        // A normal boot: the read of the bad block restarts the machine.
+        let result = boot_once();
+        assert_output(&result, "READING-LATE");
+        assert_no_output(&result, "STILL-UP");
+        assert_exit(&result, Exit::Reboot);
+        assert_marker(&result, "is corrupted");
+        assert_no_marker(&result, "Kernel panic");
+        assert_output(&result, "mode: normal");
+        assert_output(
+            &result,
+            &format!("boot attempts since mark-good: {attempt} of 2"),
+        );
+        assert_marker(
+            &result,
+            "dm-verity ovl-lower: ovl.verity_onerror=restart from now on",
+        );
+        assert_eq!(
+            ext4_read_file(&upper, "/.overlay-init/bootcount"),
+            Some(format!("attempts={attempt}\n").into_bytes()),
+            "the restarted boot {attempt} was not counted\n{result:?}"
+        );
+    }
+
+    // The point: this boot reads the same bad block and comes up, it does not restart again.
+    let result = boot_once();
+    assert_ne!(
+        result.exit,
+        Exit::Reboot,
+        "the failsafe boot restarted too: a boot loop\n{result:?}"
+    );
+    assert_output(&result, "STILL-UP");
+    assert_test_passed(&result);
+    let err = result.output_values("LATE-ERR=").join(" ");
+    assert!(
+        err.contains("I/O error") || err.contains("Input/output error"),
+        "the failsafe boot did not get EIO for the bad block: {err:?}\n{result:?}"
+    );
+    assert_marker(&result, "is corrupted");
+    assert_no_marker(&result, "Kernel panic");
+    assert_output(
+        &result,
+        "mode: failsafe (2 boots without `overlay-init mark-good` (ovl.maxtries=2))",
+    );
+    assert_marker(&result, "WARNING: FAILSAFE boot");
+    assert_marker(
+        &result,
+        "failsafe: dm-verity stays at eio (ovl.verity_onerror=restart is for normal boots)",
+    );
+    assert_no_marker(&result, "ovl.verity_onerror=restart from now on");
+    assert_eq!(
+        ext4_read_file(&upper, "/.overlay-init/bootcount"),
+        Some(b"attempts=2\n".to_vec()),
+        "a failsafe boot does not count"
+    );
 }
