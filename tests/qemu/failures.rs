@@ -13,14 +13,6 @@ use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-fn sha256(path: &Path) -> String {
-    run(Command::new("sha256sum").arg(path))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 fn random_file(path: &Path, mib: u64) {
     run(Command::new("dd")
         .arg("if=/dev/urandom")

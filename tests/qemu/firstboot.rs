@@ -15,14 +15,6 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(90);
 const MIB: u64 = 1 << 20;
 
-fn sha256(path: &Path) -> String {
-    run(Command::new("sha256sum").arg(path))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 /// overlay-init's initramfs plus the host's mkfs.ext4 with its libraries.
 fn initramfs_with_mkfs() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();

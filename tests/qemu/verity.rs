@@ -33,33 +33,6 @@ use crate::support::*;
 /// `MOUNT <mountpoint> <fstype> <ro|rw> <source>` for the mounts these tests look at.
 const SHOW_MOUNTS: &str = "while read dev mp fs opts rest; do case $mp in /rom|/overlay|/run/overlay-init/*) echo MOUNT $mp $fs ${opts%%,*} $dev;; esac; done < /proc/mounts";
 
-/// Deterministic incompressible bytes (xorshift).
-fn noise(len: usize, mut state: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
-
-/// `veritysetup format DATA HASH EXTRA...`; returns the root hash it printed.
-fn veritysetup_format(data: &Path, hash: &Path, extra: &[&str]) -> String {
-    let output = run(Command::new("veritysetup")
-        .arg("format")
-        .arg(data)
-        .arg(hash)
-        .args(extra));
-    output
-        .lines()
-        .find_map(|l| l.strip_prefix("Root hash:"))
-        .expect("veritysetup printed a root hash")
-        .trim()
-        .to_string()
-}
-
 /// A squashfs of `tree` with uncompressed data blocks: file bytes appear as they are.
 fn squashfs_plain(tree: &Path, out: &Path) {
     let _ = fs::remove_file(out);
@@ -88,13 +61,6 @@ fn find_once(haystack: &[u8], needle: &[u8], what: &str) -> usize {
         .unwrap_or_else(|| panic!("{what} not stored uncompressed"));
     assert_eq!(hits.next(), None, "{what} is in the image twice");
     first
-}
-
-/// A copy of `image` with one byte flipped at `offset`.
-fn flipped_copy(image: &Path, offset: usize, out: &Path) {
-    let mut bytes = fs::read(image).unwrap();
-    bytes[offset] ^= 0x55;
-    fs::write(out, bytes).unwrap();
 }
 
 fn mib_for(path: &Path) -> u64 {

@@ -19,7 +19,7 @@
 
 use crate::support::*;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -59,43 +59,6 @@ fn dm_verity_tool(scratch: &Scratch) -> PathBuf {
     let stripped = scratch.join("dm_verity");
     run(Command::new("strip").arg("-o").arg(&stripped).arg(&built));
     stripped
-}
-
-/// Deterministic incompressible bytes (xorshift), so squashfs stores them as they are and a
-/// flipped byte can be found in the image.
-fn noise(len: usize, mut state: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
-
-fn root_hash(veritysetup_output: &str) -> String {
-    veritysetup_output
-        .lines()
-        .find_map(|l| l.strip_prefix("Root hash:"))
-        .expect("veritysetup printed a root hash")
-        .trim()
-        .to_string()
-}
-
-fn veritysetup_format(data: &Path, hash: &Path, extra: &[&str]) -> String {
-    root_hash(&run(Command::new("veritysetup")
-        .arg("format")
-        .arg(data)
-        .arg(hash)
-        .args(extra)))
-}
-
-/// A copy of `image` with one byte flipped at `offset`.
-fn flipped_copy(image: &Path, offset: usize, out: &Path) {
-    let mut bytes = fs::read(image).unwrap();
-    bytes[offset] ^= 0x55;
-    fs::write(out, bytes).unwrap();
 }
 
 /// The disks of every boot here: vda the squashfs, vdb its hash tree, vdc and vdd copies with

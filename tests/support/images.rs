@@ -342,3 +342,50 @@ pub fn read_mounted(image: &Path, fstype: &str, path: &str) -> Option<Vec<u8>> {
     );
     output.status.success().then_some(output.stdout)
 }
+
+/// Deterministic incompressible bytes (xorshift), for file contents no compressor shrinks.
+pub fn noise(len: usize, mut state: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// A copy of `image` with one byte flipped at `offset`.
+pub fn flipped_copy(image: &Path, offset: usize, out: &Path) {
+    let mut bytes = fs::read(image).unwrap();
+    bytes[offset] ^= 0x55;
+    fs::write(out, bytes).unwrap();
+}
+
+/// `veritysetup format DATA HASH EXTRA...` (cryptsetup-bin); returns the root hash it printed.
+pub fn veritysetup_format(data: &Path, hash: &Path, extra: &[&str]) -> String {
+    root_hash(&run(Command::new("veritysetup")
+        .arg("format")
+        .arg(data)
+        .arg(hash)
+        .args(extra)))
+}
+
+/// The root hash in `veritysetup format`'s output.
+pub fn root_hash(veritysetup_output: &str) -> String {
+    veritysetup_output
+        .lines()
+        .find_map(|l| l.strip_prefix("Root hash:"))
+        .expect("veritysetup printed a root hash")
+        .trim()
+        .to_string()
+}
+
+/// The SHA-256 of a file, as `sha256sum` prints it.
+pub fn sha256(path: &Path) -> String {
+    run(Command::new("sha256sum").arg(path))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
