@@ -1,0 +1,167 @@
+//! Flash uppers on the router kernel (issue 14), as OpenWrt names them: JFFS2 on an MTD
+//! partition (`ovl.upper=mtd:NAME`) and UBIFS on a UBI volume of an MTD partition that
+//! overlay-init attaches itself (`ovl.ubiattach=mtd:NAME ovl.upper=ubi:VOLUME`).
+//!
+//! The flash is simulated with block2mtd over a second virtio disk
+//! (`block2mtd.block2mtd=/dev/vdb,128KiB,rootfs_data`: an MTD partition named `rootfs_data`
+//! with 128 KiB erase blocks), which, unlike mtdram, survives a reboot. The root is the test
+//! squashfs as `/dev/vda`, mounted by the kernel itself (router mode).
+//!
+//! Each test: boot 1 prepares the flash and removes a lower file (whiteout), replaces a lower
+//! directory (rmdir + mkdir: opaque) and writes a file; boot 2 sees all three; a factory
+//! reset (`ovl.reset`) gives the lower's state back.
+//!
+//! Run: `cargo test --test qemu flash::` (6 boots; builds the router kernel on first use).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::*;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+const ERASE_BLOCK: usize = 128 * 1024;
+
+/// Prints `MOUNT <mountpoint> <fstype> <ro|rw>` for `/` and `/overlay`.
+const SHOW_MOUNTS: &str =
+    "while read dev mp fs opts rest; do case $mp in /|/overlay) echo MOUNT $mp $fs ${opts%%,*};; esac; done < /proc/mounts";
+
+/// What boot 1 changes: a file written, a lower file removed, a lower directory replaced.
+const CHANGES: &str = "rm /etc/motd && rm -r /etc/init.d && mkdir /etc/init.d && \
+     echo new > /etc/init.d/only && echo boot-one > /root/kept && sync";
+
+/// What boot 2 and the reset boot check: the file written, the lower file removed
+/// (whiteout), the lower directory replaced (opaque).
+const CHECK: &str = "echo KEPT=$(cat /root/kept 2>/dev/null || echo gone); \
+     echo MOTD=$(test -e /etc/motd && echo back || echo gone); \
+     echo INITD=$(ls /etc/init.d | tr '\\n' ' ')";
+
+fn flash_boot(flash: &Path, params: &str, script: &str) -> BootResult {
+    assert!(!script.contains('"'), "{script}");
+    let result = boot(&BootSpec {
+        kernel: Some(router_kernel().to_path_buf()),
+        initrd: Initrd::None,
+        disks: vec![Disk::ro(&artifacts().root_sqsh), Disk::rw(flash)],
+        append: format!(
+            "root=/dev/vda rootfstype=squashfs init=/sbin/overlay-init \
+             block2mtd.block2mtd=/dev/vdb,128KiB,rootfs_data {params} \
+             ovl.init=/sbin/test-init -- \"{script}\""
+        ),
+        timeout: TIMEOUT,
+        ..Default::default()
+    });
+    assert_ne!(result.exit, Exit::Panic, "the kernel panicked\n{result:?}");
+    result
+}
+
+/// The printed line `line` exactly (the script is echoed too, so a bare marker could match
+/// its own `echo`).
+#[track_caller]
+fn assert_output_line(result: &BootResult, line: &str) {
+    assert!(
+        result
+            .output()
+            .lines()
+            .any(|printed| printed.trim_end() == line),
+        "the test command did not print the line {line:?}\n{result:?}"
+    );
+}
+
+/// An 8 MiB NOR partition as OpenWrt's sysupgrade leaves it: an old JFFS2 (holding
+/// `upper/stale`, which would show as `/stale` if it were mounted) whose first bytes were
+/// overwritten with the `deadc0de` marker; erased (0xFF) after it.
+fn deadc0de_partition(scratch: &Scratch) -> std::path::PathBuf {
+    let old = scratch.join("old-tree");
+    tree(&old, &[("upper/stale", "from the previous firmware\n")]);
+    let old_image = scratch.join("old.jffs2");
+    run(Command::new("mkfs.jffs2")
+        .arg("--root")
+        .arg(&old)
+        .arg("--output")
+        .arg(&old_image)
+        .args(["--little-endian", "--eraseblock=128KiB", "--squash"]));
+    let mut flash = vec![0xFFu8; 64 * ERASE_BLOCK];
+    let old_bytes = std::fs::read(&old_image).unwrap();
+    flash[..old_bytes.len()].copy_from_slice(&old_bytes);
+    flash[..4].copy_from_slice(&[0xde, 0xad, 0xc0, 0xde]);
+    let path = scratch.join("flash.img");
+    std::fs::write(&path, flash).unwrap();
+    path
+}
+
+/// JFFS2 on `mtd:rootfs_data`: boot 1 erases the partition that starts with `deadc0de` (the
+/// old JFFS2 behind the marker is gone), then removes a lower file, replaces a lower
+/// directory and writes a file; boot 2 sees all three and erases nothing; `ovl.reset` gives
+/// the lower's state back.
+#[test]
+fn jffs2_on_mtd_is_erased_once_and_keeps_whiteouts_and_opaque_dirs() {
+    let scratch = Scratch::new("flash-jffs2");
+    let flash = deadc0de_partition(&scratch);
+    let params = "ovl.upper=mtd:rootfs_data";
+
+    let first = flash_boot(
+        &flash,
+        params,
+        &format!("{SHOW_MOUNTS}; echo STALE=$(cat /stale 2>/dev/null || echo absent); {CHANGES}"),
+    );
+    assert_marker(&first, "erasing mtd:rootfs_data (/dev/mtd0, 8 MiB, 64 blocks of 128 KiB): it starts with the deadc0de marker");
+    assert_marker(&first, "erased mtd:rootfs_data (/dev/mtd0, 8 MiB) in ");
+    assert_output(&first, "MOUNT /overlay jffs2 rw");
+    assert_output(&first, "MOUNT / overlay rw");
+    assert_output_line(&first, "STALE=absent");
+    assert_test_passed(&first);
+
+    let second = flash_boot(&flash, params, &format!("{SHOW_MOUNTS}; {CHECK}"));
+    assert_no_marker(&second, "erasing mtd:");
+    assert_output(&second, "MOUNT /overlay jffs2 rw");
+    assert_output_line(&second, "KEPT=boot-one");
+    assert_output_line(&second, "MOTD=gone");
+    assert_output_line(&second, "INITD=only");
+    assert_test_passed(&second);
+
+    let reset = flash_boot(&flash, &format!("{params} ovl.reset"), CHECK);
+    assert_no_marker(&reset, "erasing mtd:");
+    assert_output_line(&reset, "KEPT=gone");
+    assert_output_line(&reset, "MOTD=back");
+    assert_output_line(&reset, "INITD=rcK rcS");
+    assert_test_passed(&reset);
+}
+
+/// UBIFS: an erased (0xFF) partition is attached to UBI by overlay-init (`ovl.ubiattach=`;
+/// the kernel formats it as it attaches), the volume `rootfs_data` is created with all the
+/// free space, and UBIFS formats it at its first read-write mount; boot 2 attaches the same
+/// UBI device and creates nothing.
+#[test]
+fn ubifs_volume_is_created_on_an_attached_mtd_and_keeps_whiteouts_and_opaque_dirs() {
+    let scratch = Scratch::new("flash-ubifs");
+    let flash = scratch.join("flash.img");
+    std::fs::write(&flash, vec![0xFFu8; 64 * ERASE_BLOCK]).unwrap();
+    let params = "ovl.ubiattach=mtd:rootfs_data ovl.upper=ubi:rootfs_data";
+
+    let first = flash_boot(&flash, params, &format!("{SHOW_MOUNTS}; {CHANGES}"));
+    assert_marker(&first, "attached mtd0 (rootfs_data) as ubi0 in ");
+    assert_marker(
+        &first,
+        "created the UBI volume \"rootfs_data\" on ubi0 (volume 0, ",
+    );
+    assert_marker(&first, "formatted ubi0:rootfs_data (ubifs) in ");
+    assert_output(&first, "MOUNT /overlay ubifs rw");
+    assert_output(&first, "MOUNT / overlay rw");
+    assert_test_passed(&first);
+
+    let second = flash_boot(&flash, params, &format!("{SHOW_MOUNTS}; {CHECK}"));
+    assert_marker(&second, "attached mtd0 (rootfs_data) as ubi0 in ");
+    assert_no_marker(&second, "created the UBI volume");
+    assert_no_marker(&second, "formatted ubi0:");
+    assert_output(&second, "MOUNT /overlay ubifs rw");
+    assert_output_line(&second, "KEPT=boot-one");
+    assert_output_line(&second, "MOTD=gone");
+    assert_output_line(&second, "INITD=only");
+    assert_test_passed(&second);
+
+    let reset = flash_boot(&flash, &format!("{params} ovl.reset"), CHECK);
+    assert_output_line(&reset, "KEPT=gone");
+    assert_output_line(&reset, "MOTD=back");
+    assert_output_line(&reset, "INITD=rcK rcS");
+    assert_test_passed(&reset);
+}
