@@ -77,7 +77,31 @@ pub fn mount_flash_upper(
         }
         Err(why) => Err(why),
     };
-    upper::settle_persistent_upper(config, staging, &shown, mounted, early_failsafe)
+    let kind = upper::settle_persistent_upper(config, staging, &shown, mounted, early_failsafe)?;
+    if matches!(spec, FlashSpec::Mtd { .. }) && matches!(kind, UpperKind::Persistent(_)) {
+        warn_without_rename_exchange(&staging.upper_fs(), spec);
+    }
+    Ok(kind)
+}
+
+/// Mainline JFFS2 has no `RENAME_EXCHANGE`: overlayfs then cannot remove a
+/// directory of the lower that it copied up, nor make a directory where a
+/// lower one was removed (both EINVAL). Said once per boot, so that the first failing `rm -r` is
+/// explained.
+fn warn_without_rename_exchange(upper_fs: &Path, spec: &FlashSpec) {
+    match sys::upperfs::supports_rename_exchange(upper_fs) {
+        Ok(true) => {}
+        Ok(false) => warn_box(
+            "this kernel's JFFS2 cannot exchange names (RENAME_EXCHANGE)",
+            &[
+                format!("upper: {spec} (jffs2)"),
+                "removing a directory of the lower once its content was touched, and".into(),
+                "making a directory where a lower one was removed, fail with EINVAL".into(),
+                "OpenWrt's kernels add RENAME_EXCHANGE and RENAME_WHITEOUT to JFFS2".into(),
+            ],
+        ),
+        Err(e) => log::warn!("could not check {spec} for RENAME_EXCHANGE: {e:#}"),
+    }
 }
 
 /// Find the MTD partition `name`, erase it when it is OpenWrt's "erase me"
