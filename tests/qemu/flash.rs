@@ -80,6 +80,22 @@ fn rootfs_data_mtd(result: &BootResult) -> u32 {
     number[..number.find(':').unwrap()].parse().unwrap()
 }
 
+/// The boot's own timing lines, for the test log (`--nocapture`; docs/flash.md quotes them).
+fn print_timings(label: &str, result: &BootResult) {
+    const TIMED: [&str; 5] = [
+        "erased mtd:",
+        "attached mtd",
+        "created the UBI volume",
+        "formatted ubi",
+        "handover to",
+    ];
+    for line in result.console.lines() {
+        if TIMED.iter().any(|marker| line.contains(marker)) {
+            eprintln!("{label}: {}", line.trim());
+        }
+    }
+}
+
 /// An 8 MiB NOR partition as OpenWrt's sysupgrade leaves it: an old JFFS2 (holding
 /// `upper/stale`, which would show as `/stale` if it were mounted) whose first bytes were
 /// overwritten with the `deadc0de` marker; erased (0xFF) after it.
@@ -141,6 +157,7 @@ fn jffs2_on_mtd_is_erased_once_and_keeps_whiteouts() {
     assert_output(&first, "MOUNT /overlay jffs2 rw");
     assert_output(&first, "MOUNT / overlay rw");
     assert_output_line(&first, "STALE=absent");
+    print_timings("jffs2 boot 1", &first);
     assert_marker(
         &first,
         "WARNING: this kernel's JFFS2 cannot exchange names (RENAME_EXCHANGE)",
@@ -152,6 +169,7 @@ fn jffs2_on_mtd_is_erased_once_and_keeps_whiteouts() {
 
     let second = flash_boot(&flash, params, &format!("{SHOW_MOUNTS}; {CHECK}"));
     assert_no_marker(&second, "erasing mtd:");
+    print_timings("jffs2 boot 2", &second);
     assert_output(&second, "MOUNT /overlay jffs2 rw");
     assert_output_line(&second, "KEPT=boot-one");
     assert_output_line(&second, "MOTD=gone");
@@ -188,6 +206,7 @@ fn ubifs_volume_is_created_on_an_attached_mtd_and_keeps_whiteouts_and_opaque_dir
         "created the UBI volume \"rootfs_data\" on ubi0 (volume 0, ",
     );
     assert_marker(&first, "formatted ubi0:rootfs_data (ubifs) in ");
+    print_timings("ubifs boot 1", &first);
     assert_output(&first, "MOUNT /overlay ubifs rw");
     assert_output(&first, "MOUNT / overlay rw");
     assert_test_passed(&first);
@@ -199,6 +218,7 @@ fn ubifs_volume_is_created_on_an_attached_mtd_and_keeps_whiteouts_and_opaque_dir
     );
     assert_no_marker(&second, "created the UBI volume");
     assert_no_marker(&second, "formatted ubi0:");
+    print_timings("ubifs boot 2", &second);
     assert_output(&second, "MOUNT /overlay ubifs rw");
     assert_output_line(&second, "KEPT=boot-one");
     assert_output_line(&second, "MOTD=gone");
