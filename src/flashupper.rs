@@ -46,23 +46,32 @@ pub fn mtd_edges(size: u64) -> (usize, u64, usize) {
     edge_ranges(size)
 }
 
+/// What the first erase block alone tells (a JFFS2 node, `deadc0de`, a UBI
+/// header, erased), so that the common cases read no more than that block;
+/// `None`: [`classify_mtd`] needs both ends.
+pub fn classify_mtd_start(first_block: &[u8]) -> Option<MtdContent> {
+    if first_block.starts_with(&JFFS2_MAGIC_LE) || first_block.starts_with(&JFFS2_MAGIC_BE) {
+        return Some(MtdContent::Jffs2);
+    }
+    if first_block.starts_with(&DEADC0DE) {
+        return Some(MtdContent::DeadC0de);
+    }
+    if first_block.starts_with(UBI_EC_MAGIC) {
+        return Some(MtdContent::Foreign(
+            "a UBI device (attach it with ovl.ubiattach= and use ovl.upper=ubi:VOLUME)".into(),
+        ));
+    }
+    if !first_block.is_empty() && first_block.iter().all(|&b| b == 0xFF) {
+        return Some(MtdContent::Erased);
+    }
+    None
+}
+
 /// Classify an MTD partition of `size` bytes and erase blocks of `erase_size`
 /// from its first (`head`) and last (`tail`) bytes.
 pub fn classify_mtd(head: &[u8], tail: &[u8], size: u64, erase_size: u32) -> MtdContent {
-    if head.starts_with(&JFFS2_MAGIC_LE) || head.starts_with(&JFFS2_MAGIC_BE) {
-        return MtdContent::Jffs2;
-    }
-    if head.starts_with(&DEADC0DE) {
-        return MtdContent::DeadC0de;
-    }
-    if head.starts_with(UBI_EC_MAGIC) {
-        return MtdContent::Foreign(
-            "a UBI device (attach it with ovl.ubiattach= and use ovl.upper=ubi:VOLUME)".into(),
-        );
-    }
-    let first_block = &head[..head.len().min(erase_size as usize)];
-    if !first_block.is_empty() && first_block.iter().all(|&b| b == 0xFF) {
-        return MtdContent::Erased;
+    if let Some(content) = classify_mtd_start(&head[..head.len().min(erase_size as usize)]) {
+        return content;
     }
     match classify(Edges {
         head,
@@ -273,6 +282,19 @@ mod tests {
             assert!(why.contains("not JFFS2"), "{why}");
         }
         assert!(matches!(classify_image(&squashfs), MtdContent::Foreign(_)));
+    }
+
+    #[test]
+    fn the_first_block_decides_the_common_cases() {
+        let mut block = vec![0xFFu8; BLOCK as usize];
+        assert_eq!(classify_mtd_start(&block), Some(MtdContent::Erased));
+        block[..4].copy_from_slice(&DEADC0DE);
+        assert_eq!(classify_mtd_start(&block), Some(MtdContent::DeadC0de));
+        block[..2].copy_from_slice(&JFFS2_MAGIC_BE);
+        assert_eq!(classify_mtd_start(&block), Some(MtdContent::Jffs2));
+        // Zeroes need the other end too.
+        assert_eq!(classify_mtd_start(&vec![0u8; BLOCK as usize]), None);
+        assert_eq!(classify_mtd_start(&[]), None);
     }
 
     #[test]

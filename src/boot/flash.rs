@@ -26,7 +26,8 @@ use super::upper::{self, UpperKind};
 use crate::cmdline::Config;
 use crate::failsafe;
 use crate::flashupper::{
-    classify_mtd, classify_ubi_volume, decide_mtd, decide_ubi, mtd_edges, MtdDecision, UbiDecision,
+    classify_mtd, classify_mtd_start, classify_ubi_volume, decide_mtd, decide_ubi, mtd_edges,
+    MtdDecision, UbiDecision,
 };
 use crate::mkfs::human_size;
 use crate::overlay::Staging;
@@ -115,11 +116,19 @@ fn prepare_mtd(config: &Config, name: &str, write_allowed: bool) -> Result<Prepa
     };
     let mtd = sys::mtd::Mtd::open(part.index, false)?;
     let info = mtd.info;
-    let (head_len, tail_at, tail_len) = mtd_edges(info.size);
-    let head = mtd.read(0, head_len)?;
-    let tail = mtd.read(tail_at, tail_len)?;
-    let content = classify_mtd(&head, &tail, info.size, info.erase_size);
-    log::debug!("mtd:{name} ({}): {content:?}", mtd.path().display());
+    // The first erase block decides the common cases; zeroes need both ends
+    // (a MiB each: PID 1's peak memory on a small router).
+    let first = mtd.read(0, info.erase_size as usize)?;
+    let content = match classify_mtd_start(&first) {
+        Some(content) => content,
+        None => {
+            drop(first);
+            let (head_len, tail_at, tail_len) = mtd_edges(info.size);
+            let head = mtd.read(0, head_len)?;
+            let tail = mtd.read(tail_at, tail_len)?;
+            classify_mtd(&head, &tail, info.size, info.erase_size)
+        }
+    };
     match decide_mtd(&content, config.format, write_allowed) {
         MtdDecision::Use => {}
         MtdDecision::Refuse(why) => {
@@ -200,7 +209,6 @@ fn prepare_ubi(
         )?)),
         None => None,
     };
-    log::debug!("{source}: volume {volume:?}, {content:?}");
     let create = match decide_ubi(content.as_ref(), config.format, write_allowed) {
         UbiDecision::Use => return Ok(Prepared::Ready(source)),
         UbiDecision::Refuse(why) => bail!("{source} was not used: {why}"),
