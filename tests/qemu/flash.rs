@@ -11,7 +11,7 @@
 //! directory (rmdir + mkdir: opaque; on JFFS2, which cannot, empties it) and writes a file;
 //! boot 2 sees all three; a factory reset (`ovl.reset`) gives the lower's state back.
 //!
-//! Run: `cargo test --test qemu flash::` (6 boots; builds the router kernel on first use).
+//! Run: `cargo test --test qemu flash::` (7 boots; builds the router kernel on first use).
 
 use std::path::Path;
 use std::process::Command;
@@ -118,8 +118,9 @@ fn deadc0de_partition(scratch: &Scratch) -> std::path::PathBuf {
     path
 }
 
-/// JFFS2 on `mtd:rootfs_data`: boot 1 erases the partition that starts with `deadc0de` (the
-/// old JFFS2 behind the marker is gone), removes a lower file (whiteout), empties a lower
+/// JFFS2 on `mtd:rootfs_data`: with `ovl.format=never` the partition that starts with
+/// `deadc0de` is left as it is (same bytes, tmpfs upper); boot 1 erases it (the old JFFS2
+/// behind the marker is gone), removes a lower file (whiteout), empties a lower
 /// directory and writes a file; boot 2 sees all three and erases nothing; `ovl.reset` gives
 /// the lower's state back.
 ///
@@ -132,6 +133,29 @@ fn jffs2_on_mtd_is_erased_once_and_keeps_whiteouts() {
     let scratch = Scratch::new("flash-jffs2");
     let flash = deadc0de_partition(&scratch);
     let params = "ovl.upper=mtd:rootfs_data";
+
+    // ovl.format=never: nothing is erased, the boot goes on on a tmpfs upper.
+    let before = std::fs::read(&flash).unwrap();
+    let never = flash_boot(
+        &flash,
+        &format!("{params} ovl.format=never"),
+        &format!("{SHOW_MOUNTS}; echo x > /etc/x && sync"),
+    );
+    assert_marker(
+        &never,
+        "WARNING: persistent upper not used, booting on a tmpfs upper",
+    );
+    assert_marker(
+        &never,
+        "it starts with the deadc0de marker and ovl.format=never: not erased",
+    );
+    assert_no_marker(&never, "erasing mtd:");
+    assert_output(&never, "MOUNT /overlay tmpfs rw");
+    assert_test_passed(&never);
+    assert!(
+        std::fs::read(&flash).unwrap() == before,
+        "ovl.format=never wrote to the flash\n{never:?}"
+    );
 
     let first = flash_boot(
         &flash,
