@@ -211,7 +211,7 @@ fn jffs2_on_mtd_is_erased_once_and_keeps_whiteouts() {
 /// UBIFS: an erased (0xFF) partition is attached to UBI by overlay-init (`ovl.ubiattach=`;
 /// the kernel formats it as it attaches), the volume `rootfs_data` is created with all the
 /// free space, and UBIFS formats it at its first read-write mount; boot 2 attaches the same
-/// UBI device and creates nothing.
+/// UBI device and creates nothing; the reset boot lets the kernel attach it (`ubi.mtd=`).
 #[test]
 fn ubifs_volume_is_created_on_an_attached_mtd_and_keeps_whiteouts_and_opaque_dirs() {
     let scratch = Scratch::new("flash-ubifs");
@@ -249,7 +249,16 @@ fn ubifs_volume_is_created_on_an_attached_mtd_and_keeps_whiteouts_and_opaque_dir
     assert_output_line(&second, "INITD=only");
     assert_test_passed(&second);
 
-    let reset = flash_boot(&flash, &format!("{params} ovl.reset"), CHECK);
+    // The reset boot has the kernel attach UBI (`ubi.mtd=`, OpenWrt's way): overlay-init only
+    // waits for ubi0 and finds the volume.
+    let reset = flash_boot(
+        &flash,
+        "ubi.mtd=rootfs_data ovl.upper=ubi0:rootfs_data ovl.reset",
+        &format!("{SHOW_MOUNTS}; {CHECK}"),
+    );
+    assert_no_marker(&reset, "overlay-init: attached mtd");
+    assert_no_marker(&reset, "created the UBI volume");
+    assert_output(&reset, "MOUNT /overlay ubifs rw");
     assert_output_line(&reset, "KEPT=gone");
     assert_output_line(&reset, "MOTD=back");
     assert_output_line(&reset, "INITD=rcK rcS");
