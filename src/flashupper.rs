@@ -5,9 +5,11 @@
 //! an erased partition (all `0xFF`) mounts as an empty filesystem. OpenWrt's
 //! sysupgrade leaves `deadc0de` at the start of `rootfs_data` to say "erase me
 //! on first boot"; a partition that starts with it, or that is blank in the
-//! block-device sense (zeroed), is erased with `ovl.format=blank`. One that
-//! starts with a JFFS2 node or an erased block is mounted as it is. Anything
-//! else (a UBI device, another filesystem, data) is never written.
+//! block-device sense (zeroed), or that only has data in its first erase block
+//! (our erase, which does block 0 last, cut short), is erased with
+//! `ovl.format=blank`. One that starts with a JFFS2 node or an erased block is
+//! mounted as it is. Anything else (a UBI device, another filesystem, data) is
+//! never written.
 //!
 //! **UBIFS on a UBI volume** (`ovl.upper=ubiN:NAME`). UBIFS needs no mkfs
 //! either: it formats an empty volume at its first read-write mount. A device
@@ -36,6 +38,10 @@ pub enum MtdContent {
     /// Blank in the block-device sense but not erased (zeroes at the start, or
     /// an erase of ours that a power cut stopped before block 0).
     Zeroed,
+    /// Only the first erase block holds data, everything else that was read is
+    /// erased: an erase of ours (which does block 0 last) cut short in that
+    /// block, which a power cut leaves neither erased nor JFFS2.
+    CutErase,
     /// Anything else; says what.
     Foreign(String),
 }
@@ -70,8 +76,16 @@ pub fn classify_mtd_start(first_block: &[u8]) -> Option<MtdContent> {
 /// Classify an MTD partition of `size` bytes and erase blocks of `erase_size`
 /// from its first (`head`) and last (`tail`) bytes.
 pub fn classify_mtd(head: &[u8], tail: &[u8], size: u64, erase_size: u32) -> MtdContent {
-    if let Some(content) = classify_mtd_start(&head[..head.len().min(erase_size as usize)]) {
+    let block = head.len().min(erase_size as usize);
+    if let Some(content) = classify_mtd_start(&head[..block]) {
         return content;
+    }
+    let erased = |bytes: &[u8]| bytes.iter().all(|&b| b == 0xFF);
+    // A partition of one block, or one whose second block is not even read,
+    // gives no evidence: never taken for a cut erase.
+    if head.len() > block && erased(&head[block..]) && erased(tail) && size > u64::from(erase_size)
+    {
+        return MtdContent::CutErase;
     }
     match classify(Edges {
         head,
@@ -111,6 +125,7 @@ pub fn decide_mtd(content: &MtdContent, policy: FormatPolicy, write_allowed: boo
         }
         MtdContent::DeadC0de => "it starts with the deadc0de marker",
         MtdContent::Zeroed => "it is blank (zeroed), not erased",
+        MtdContent::CutErase => "only its first block is not erased (an erase cut short)",
     };
     match (policy, write_allowed) {
         (FormatPolicy::Blank, true) => MtdDecision::Erase(why),
@@ -295,6 +310,31 @@ mod tests {
         // Zeroes need the other end too.
         assert_eq!(classify_mtd_start(&vec![0u8; BLOCK as usize]), None);
         assert_eq!(classify_mtd_start(&[]), None);
+    }
+
+    #[test]
+    fn an_erase_cut_in_block_0_is_erased_again() {
+        // The rest erased, block 0 half old data, half erased (a power cut mid-block).
+        let mut image = vec![0xFFu8; 4 * MIB];
+        for (i, b) in image[..BLOCK as usize / 2].iter_mut().enumerate() {
+            *b = (i % 13) as u8;
+        }
+        assert_eq!(classify_image(&image), MtdContent::CutErase);
+        assert!(matches!(
+            decide_mtd(&MtdContent::CutErase, FormatPolicy::Blank, true),
+            MtdDecision::Erase(_)
+        ));
+        assert!(matches!(
+            decide_mtd(&MtdContent::CutErase, FormatPolicy::Never, true),
+            MtdDecision::Refuse(_)
+        ));
+        // Data in a second block too: not ours.
+        image[BLOCK as usize + 7] = 0;
+        assert!(matches!(classify_image(&image), MtdContent::Foreign(_)));
+        // A one-block partition with data: nothing to go by.
+        let mut one = vec![0xFFu8; BLOCK as usize];
+        one[100] = 1;
+        assert!(matches!(classify_image(&one), MtdContent::Foreign(_)));
     }
 
     #[test]

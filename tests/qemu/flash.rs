@@ -11,7 +11,7 @@
 //! directory (rmdir + mkdir: opaque; on JFFS2, which cannot, empties it) and writes a file;
 //! boot 2 sees all three; a factory reset (`ovl.reset`) gives the lower's state back.
 //!
-//! Run: `cargo test --test qemu flash::` (7 boots; builds the router kernel on first use).
+//! Run: `cargo test --test qemu flash::` (9 boots; builds the router kernel on first use).
 
 use std::path::Path;
 use std::process::Command;
@@ -263,4 +263,74 @@ fn ubifs_volume_is_created_on_an_attached_mtd_and_keeps_whiteouts_and_opaque_dir
     assert_output_line(&reset, "MOTD=back");
     assert_output_line(&reset, "INITD=rcK rcS");
     assert_test_passed(&reset);
+}
+
+/// A random delay below `max` (RandomState is seeded from the OS).
+fn random_delay(max: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    Duration::from_millis(hasher.finish() % max.as_millis() as u64)
+}
+
+/// Power cut during the JFFS2 erase: QEMU is killed (SIGKILL) at a random instant after the
+/// init announces the erase (`OVL_FLASH_CUT_TRIALS`, default 1). Block 0 (with `deadc0de`) is
+/// erased last, so the next boot finds the marker, or a cut block 0 with the rest erased, and
+/// erases again, or finds the partition erased: it always ends on an empty JFFS2 upper, and
+/// the old JFFS2 behind the marker never comes back.
+#[test]
+fn power_cut_during_the_jffs2_erase_never_leaves_an_unusable_upper() {
+    let trials: usize = std::env::var("OVL_FLASH_CUT_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    for trial in 0..trials {
+        let scratch = Scratch::new(&format!("flash-cut-{trial}"));
+        let flash = deadc0de_partition(&scratch);
+        let delay = random_delay(Duration::from_millis(800));
+        let cut = boot(&BootSpec {
+            kernel: Some(router_kernel().to_path_buf()),
+            initrd: Initrd::None,
+            disks: vec![Disk::ro(&artifacts().root_sqsh), Disk::rw(&flash)],
+            append: "root=/dev/vda rootfstype=squashfs init=/sbin/overlay-init \
+                     block2mtd.block2mtd=/dev/vdb,128KiB,rootfs_data ovl.upper=mtd:rootfs_data \
+                     ovl.init=/sbin/test-init -- true"
+                .into(),
+            timeout: TIMEOUT,
+            triggers: vec![Trigger {
+                after: "erasing mtd:rootfs_data".into(),
+                action: Action::Kill(delay),
+            }],
+            ..Default::default()
+        });
+        assert_marker(&cut, "erasing mtd:rootfs_data");
+        assert_ne!(cut.exit, Exit::Panic, "the kernel panicked\n{cut:?}");
+        let finished = cut.contains("erased mtd:rootfs_data");
+        let next = flash_boot(
+            &flash,
+            "ovl.upper=mtd:rootfs_data",
+            &format!(
+                "{SHOW_MOUNTS}; echo STALE=$(cat /stale 2>/dev/null || echo absent); \
+                 ls -A /overlay/upper | wc -l | grep -qx 0 && echo upper-empty"
+            ),
+        );
+        eprintln!(
+            "trial {trial}: killed {} ms after the announcement, erase {}; next boot {}",
+            delay.as_millis(),
+            if finished {
+                "had finished"
+            } else {
+                "cut short"
+            },
+            next.console
+                .lines()
+                .find(|l| l.contains("erasing mtd:rootfs_data"))
+                .map_or("used the partition".to_string(), |l| l.trim().to_string())
+        );
+        assert_no_marker(&next, "persistent upper not used");
+        assert_output(&next, "MOUNT /overlay jffs2 rw");
+        assert_output_line(&next, "STALE=absent");
+        assert_output_line(&next, "upper-empty");
+        assert_test_passed(&next);
+    }
 }
