@@ -36,6 +36,9 @@ pub enum UpperSpec {
     /// A persistence file: an ext4 image file at this absolute path on the
     /// `root=` filesystem that holds `ovl.image=` (see `boot::live`).
     File(String),
+    /// Flash: JFFS2 on an MTD partition or UBIFS on a UBI volume (`mtd:NAME`,
+    /// `ubi0:NAME`, `ubi:NAME`; see `boot::flash`).
+    Flash(crate::upperparams::FlashSpec),
 }
 
 /// One `ovl.lower=` entry: a block device, or an image file on the `root=` filesystem.
@@ -114,6 +117,8 @@ pub struct Config {
     pub format: crate::upperparams::FormatPolicy,
     /// `ovl.upperlabel=`: the label a first-boot format gives the upper.
     pub upperlabel: String,
+    /// `ovl.ubiattach=`: the MTD partition to attach to UBI for a UBIFS upper.
+    pub ubiattach: Option<crate::upperparams::UbiAttach>,
     pub size: Option<TmpfsSize>,
     pub image: Option<String>,
     /// `ovl.upper_create=SIZE`: create a missing persistence file of this size.
@@ -156,6 +161,7 @@ impl Default for Config {
             upperfstype: None,
             format: crate::upperparams::FormatPolicy::Blank,
             upperlabel: crate::upperparams::DEFAULT_UPPER_LABEL.to_string(),
+            ubiattach: None,
             size: None,
             image: None,
             upper_create: None,
@@ -299,6 +305,7 @@ pub const OVL_PARAMS: &[(&str, OvlParser)] = &[
     ("upperfstype", ovl_upperfstype),
     ("format", ovl_format),
     ("upperlabel", ovl_upperlabel),
+    ("ubiattach", ovl_ubiattach),
     ("size", ovl_size),
     ("image", ovl_image),
     ("upper_create", ovl_upper_create),
@@ -440,6 +447,11 @@ fn apply_ovl(
 
 fn ovl_upper(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
     use crate::live::UpperTarget;
+    match value.and_then(crate::upperparams::parse_flash_upper) {
+        Some(Ok(spec)) => return config.upper = UpperSpec::Flash(spec),
+        Some(Err(e)) => return p.warn(format!("{e}; using a tmpfs upper, nothing persists")),
+        None => {}
+    }
     match value.map(crate::live::parse_upper) {
         Some(Ok(UpperTarget::Tmpfs)) => config.upper = UpperSpec::Tmpfs,
         Some(Ok(UpperTarget::Device(spec))) => config.upper = UpperSpec::Device(spec),
@@ -495,6 +507,13 @@ fn ovl_upperlabel(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>
             "{e}; using the default label {}",
             crate::upperparams::DEFAULT_UPPER_LABEL
         )),
+    }
+}
+
+fn ovl_ubiattach(config: &mut Config, value: Option<&str>, p: &mut Problems<'_>) {
+    match crate::upperparams::parse_ubiattach(value) {
+        Ok(which) => config.ubiattach = Some(which),
+        Err(e) => p.warn(format!("{e}; nothing is attached")),
     }
 }
 
@@ -714,7 +733,7 @@ fn check_conflicts(config: &mut Config, problems: &mut Vec<Problem>) {
         );
         config.toram = false;
     }
-    if config.size.is_some() && matches!(config.upper, UpperSpec::Device(_)) {
+    if config.size.is_some() && matches!(config.upper, UpperSpec::Device(_) | UpperSpec::Flash(_)) {
         problem(
             problems,
             "ovl.size",
@@ -730,6 +749,31 @@ fn check_conflicts(config: &mut Config, problems: &mut Vec<Problem>) {
             "only applies to a device upper; ignored with ovl.upper=tmpfs".into(),
         );
         config.upperfstype = None;
+    }
+    if let (Some(t), UpperSpec::Flash(spec)) = (config.upperfstype, &config.upper) {
+        problem(
+            problems,
+            "ovl.upperfstype",
+            false,
+            format!(
+                "ovl.upperfstype={t} does not apply to ovl.upper={spec}, which holds {}; ignored",
+                spec.fstype()
+            ),
+        );
+        config.upperfstype = None;
+    }
+    let ubi_upper = matches!(
+        &config.upper,
+        UpperSpec::Flash(crate::upperparams::FlashSpec::UbiVolume { .. })
+    );
+    if config.ubiattach.is_some() && !ubi_upper {
+        problem(
+            problems,
+            "ovl.ubiattach",
+            false,
+            "only applies to a UBIFS upper (ovl.upper=ubi:NAME or ubiN:NAME); ignored".into(),
+        );
+        config.ubiattach = None;
     }
     let format_as = crate::upperparams::format_fstype(config.upperfstype);
     if let Err(e) = crate::upperparams::label_fits(&config.upperlabel, format_as) {
@@ -1073,6 +1117,44 @@ mod tests {
         ));
         assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
         assert_eq!(parsed.config.upperlabel, long);
+    }
+
+    #[test]
+    fn flash_uppers_and_ubiattach() {
+        use crate::upperparams::{FlashSpec, UbiAttach};
+        let c = ok("ovl.upper=mtd:rootfs_data");
+        assert_eq!(
+            c.upper,
+            UpperSpec::Flash(FlashSpec::Mtd {
+                name: "rootfs_data".into()
+            })
+        );
+        let c = ok("ovl.ubiattach=mtd:ubi ovl.upper=ubi:rootfs_data");
+        assert_eq!(c.ubiattach, Some(UbiAttach::Name("ubi".into())));
+        assert_eq!(
+            c.upper,
+            UpperSpec::Flash(FlashSpec::UbiVolume {
+                device: None,
+                name: "rootfs_data".into()
+            })
+        );
+        // A malformed flash spec is a tmpfs upper, said so.
+        let parsed = parse("ovl.upper=ubi0:");
+        assert_eq!(parsed.config.upper, UpperSpec::Tmpfs);
+        assert!(
+            parsed.problems[0].message.contains("tmpfs"),
+            "{:?}",
+            parsed.problems
+        );
+        // ovl.ubiattach= without a UBIFS upper, ovl.upperfstype= and ovl.size= with a flash
+        // upper: ignored, said so.
+        let parsed =
+            parse("ovl.upper=mtd:data ovl.ubiattach=mtd3 ovl.upperfstype=ext4 ovl.size=10M");
+        let params: Vec<&str> = parsed.problems.iter().map(|p| p.param.as_str()).collect();
+        assert_eq!(params, ["ovl.size", "ovl.upperfstype", "ovl.ubiattach"]);
+        assert_eq!(parsed.config.ubiattach, None);
+        assert_eq!(parsed.config.upperfstype, None);
+        assert!(!parsed.has_fatal());
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub const UPPER: &str = "upper";
 pub const UPPER_C: &CStr = c"upper";
 pub const WORK: &str = "work";
 pub const WORK_C: &CStr = c"work";
+/// On the upper's filesystem, for a moment: where a flash upper is tested for
+/// `RENAME_EXCHANGE` (see `sys::upperfs::supports_rename_exchange`).
+pub const RENAME_PROBE: &str = ".overlay-init-rename-probe";
 /// On the upper's filesystem: overlay-init's own state, outside the overlay's view.
 pub const STATE_DIR: &str = ".overlay-init";
 pub const STATE_DIR_C: &CStr = c".overlay-init";

@@ -17,6 +17,7 @@ pub mod devices;
 pub mod devspec;
 pub mod executable;
 pub mod failsafe;
+pub mod flashupper;
 pub mod fstype;
 pub mod hostmount;
 #[cfg(feature = "builder")]

@@ -75,7 +75,8 @@ pub fn find_devices(config: &Config) -> Result<Devices> {
     lower_devices.extend(verity_hash.clone());
     let upper_device = match &config.upper {
         UpperSpec::Device(d) => Some(d),
-        UpperSpec::Tmpfs | UpperSpec::File(_) => None,
+        // A flash upper is waited for by the upper step (boot::flash), not as a block device.
+        UpperSpec::Tmpfs | UpperSpec::File(_) | UpperSpec::Flash(_) => None,
     };
     let mut found = wait_for_root(config, root_spec, upper_device, &lower_devices)?;
     let verity_hash = verity_hash.and_then(|_| found.lowers.pop());

@@ -105,7 +105,8 @@ pub fn find_devices(config: &Config) -> Result<Devices> {
     let lowers = lower::lower_device_specs(config);
     let upper = match &config.upper {
         UpperSpec::Device(d) => Some(d),
-        UpperSpec::Tmpfs | UpperSpec::File(_) => None,
+        // A flash upper is waited for by the upper step (boot::flash), not as a block device.
+        UpperSpec::Tmpfs | UpperSpec::File(_) | UpperSpec::Flash(_) => None,
     };
     if lowers.is_empty() && upper.is_none() {
         return Ok(Devices::default());

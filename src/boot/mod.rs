@@ -8,6 +8,7 @@
 
 pub mod failure;
 pub mod firstboot;
+pub mod flash;
 pub mod fullupper;
 pub mod initramfs;
 pub mod kernel_root;

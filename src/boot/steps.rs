@@ -61,6 +61,7 @@ pub fn upper_name(config: &Config) -> String {
         UpperSpec::Tmpfs => "tmpfs".to_string(),
         UpperSpec::Device(d) => d.to_string(),
         UpperSpec::File(path) => path.clone(),
+        UpperSpec::Flash(spec) => spec.to_string(),
     }
 }
 

@@ -49,20 +49,11 @@ pub fn mount_upper(
     early_failsafe: Option<failsafe::Reason>,
 ) -> Result<UpperKind> {
     let upper_fs = staging.upper_fs();
+    if let UpperSpec::Flash(spec) = &config.upper {
+        return crate::boot::flash::mount_flash_upper(config, staging, spec, early_failsafe);
+    }
     let Some(dev) = device else {
-        if let Some(reason) = early_failsafe {
-            overlay::mount_tmpfs_upper(&upper_fs, config.size)?;
-            announce_failsafe(reason, None);
-            return Ok(UpperKind::Failsafe {
-                device: None,
-                reason,
-            });
-        }
-        if config.reset {
-            log::info!("ovl.reset: the upper is a tmpfs, which starts empty; nothing to reset");
-        }
-        overlay::mount_tmpfs_upper(&upper_fs, config.size)?;
-        return Ok(UpperKind::Tmpfs);
+        return tmpfs_upper(config, staging, early_failsafe);
     };
     if early_failsafe.is_none() {
         // First boot: a blank device is formatted (failsafe writes nothing).
@@ -70,7 +61,44 @@ pub fn mount_upper(
             return degrade_to_tmpfs(config, staging, dev, &why, false);
         }
     }
-    match mount_persistent_upper(dev, config, &upper_fs, early_failsafe) {
+    let mounted = mount_persistent_upper(dev, config, &upper_fs, early_failsafe);
+    settle_persistent_upper(config, staging, dev, mounted, early_failsafe)
+}
+
+/// The upper is a tmpfs (none named, or the named one is missing).
+pub(crate) fn tmpfs_upper(
+    config: &Config,
+    staging: &Staging,
+    early_failsafe: Option<failsafe::Reason>,
+) -> Result<UpperKind> {
+    let upper_fs = staging.upper_fs();
+    if let Some(reason) = early_failsafe {
+        overlay::mount_tmpfs_upper(&upper_fs, config.size)?;
+        announce_failsafe(reason, None);
+        return Ok(UpperKind::Failsafe {
+            device: None,
+            reason,
+        });
+    }
+    if config.reset {
+        log::info!("ovl.reset: the upper is a tmpfs, which starts empty; nothing to reset");
+    }
+    overlay::mount_tmpfs_upper(&upper_fs, config.size)?;
+    Ok(UpperKind::Tmpfs)
+}
+
+/// What the boot makes of [`mount_checked`]'s result for the persistent upper
+/// `dev`: persistent, failsafe (read-only, changes on a tmpfs), or a tmpfs
+/// fallback with a box saying why.
+pub(crate) fn settle_persistent_upper(
+    config: &Config,
+    staging: &Staging,
+    dev: &Path,
+    mounted: Result<Option<failsafe::Reason>>,
+    early_failsafe: Option<failsafe::Reason>,
+) -> Result<UpperKind> {
+    let upper_fs = staging.upper_fs();
+    match mounted {
         Ok(None) => Ok(UpperKind::Persistent(dev.to_path_buf())),
         Ok(Some(reason)) => {
             // The device stays read-only at upper_fs; the changes go to a tmpfs.
@@ -310,10 +338,32 @@ fn mount_persistent_upper(
         );
     }
     sys::modules::ensure_filesystem(detected.kernel_name());
-    mount_fs(
-        &dev.to_string_lossy(),
-        target,
+    let source = dev.to_string_lossy();
+    mount_checked(
+        &source,
+        dev,
         detected.kernel_name(),
+        config,
+        target,
+        early_failsafe,
+    )
+}
+
+/// Mount `source` (a `fstype` filesystem, shown as `dev`) read-only at
+/// `target`, look at it, and make it writable only when it will be used; see
+/// [`mount_persistent_upper`].
+pub(crate) fn mount_checked(
+    source: &str,
+    dev: &Path,
+    detected: &str,
+    config: &Config,
+    target: &Path,
+    early_failsafe: Option<failsafe::Reason>,
+) -> Result<Option<failsafe::Reason>> {
+    mount_fs(
+        source,
+        target,
+        detected,
         MountFlags::RDONLY | MountFlags::NODEV,
         "",
     )?;
@@ -461,6 +511,7 @@ fn boot_state(
     let named_device = match &config.upper {
         UpperSpec::Device(d) => Some(d.to_string()),
         UpperSpec::File(path) => Some(path.clone()),
+        UpperSpec::Flash(spec) => Some(spec.to_string()),
         UpperSpec::Tmpfs => None,
     };
     let mut state = BootState {

@@ -80,6 +80,37 @@ pub fn remount_read_write(target: &Path, dev: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether the filesystem at `upper_fs` (mounted read-write) can
+/// `renameat2(RENAME_EXCHANGE)`, which overlayfs needs to remove a directory of
+/// the lower and to create a name over a whiteout. Mainline JFFS2 cannot
+/// (EINVAL; OpenWrt patches its kernels). Tried on two empty files in a
+/// scratch directory ([`crate::layout::RENAME_PROBE`]), removed afterwards.
+pub fn supports_rename_exchange(upper_fs: &Path) -> Result<bool> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    let probe = upper_fs.join(crate::layout::RENAME_PROBE);
+    let (a, b) = (probe.join("a"), probe.join("b"));
+    let cleanup = || {
+        let _ = std::fs::remove_file(&a);
+        let _ = std::fs::remove_file(&b);
+        let _ = std::fs::remove_dir(&probe);
+    };
+    cleanup();
+    std::fs::create_dir(&probe).with_context(|| format!("create {}", probe.display()))?;
+    let made = std::fs::write(&a, b"a").and_then(|()| std::fs::write(&b, b"b"));
+    let result = match made {
+        Err(e) => {
+            Err(anyhow::Error::new(e).context(format!("create files in {}", probe.display())))
+        }
+        Ok(()) => match renameat_with(CWD, &a, CWD, &b, RenameFlags::EXCHANGE) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOSYS) => Ok(false),
+            Err(e) => Err(anyhow::Error::new(e).context("renameat2(RENAME_EXCHANGE)")),
+        },
+    };
+    cleanup();
+    result
+}
+
 /// `statfs` magic of f2fs.
 const F2FS_SUPER_MAGIC: i64 = 0xF2F5_2010;
 

@@ -16,8 +16,10 @@ use crate::support::{repo_dir, run};
 /// JSON, the never-brick fixes: 926,096 bytes; then the first-boot formatter with the
 /// blank/f2fs/LUKS/md probes and the full-upper recovery: +72 KiB). The limit is that plus
 /// about 2% (the size moves in 4 KiB steps: the segments are page-aligned), so growth from
-/// here is seen; issue 17 stays open on size.
-const LIMIT: u64 = 996 * 1024;
+/// here is seen; issue 17 stays open on size. The flash uppers (JFFS2 erase over the MTD
+/// ioctls, UBI attach and volume creation, the UBIFS first format, the RENAME_EXCHANGE
+/// probe) then added 36 KiB: 1,036,688 bytes (1012 KiB); the limit is that plus one page.
+const LIMIT: u64 = 1016 * 1024;
 /// Issue 17's target, for the message.
 const TARGET: u64 = 400 * 1024;
 

@@ -4,7 +4,7 @@
 //! written (same hash before and after) and the boot goes on on a tmpfs upper. The case with
 //! no mkfs anywhere is `qemu::failures::upper_of_zeros_without_a_mkfs_falls_back_to_tmpfs`.
 //!
-//! Run: `cargo test --test qemu firstboot::` (5 boots).
+//! Run: `cargo test --test qemu firstboot::` (6 boots, plus the power-cut trials).
 
 use crate::support::*;
 use std::path::{Path, PathBuf};
@@ -150,6 +150,38 @@ fn vfat_upper_is_not_formatted() {
     filled_file(&upper, 0, 64 * MIB);
     run(Command::new("mkfs.vfat").arg("-n").arg("DATA").arg(&upper));
     assert_not_formatted(&upper, "reason: probe upper /dev/vdb");
+}
+
+/// `ovl.format=never`: a zeroed disk is not formatted, even with a mkfs in the initramfs; the
+/// boot goes on on a tmpfs upper with a box that says why, and the disk is unchanged.
+#[test]
+fn zeroed_upper_with_format_never_is_left_alone() {
+    let scratch = Scratch::new("firstboot-never");
+    let upper = scratch.join("upper.img");
+    filled_file(&upper, 0, 64 * MIB);
+    let before = sha256(&upper);
+    let result = boot_upper(
+        &upper,
+        Initrd::Path(initramfs_with_mkfs().clone()),
+        "/dev/vdb ovl.format=never",
+        "grep -q '^tmpfs /overlay tmpfs' /proc/mounts && echo x > /x && sync && overlay-init status",
+    );
+    assert_marker(
+        &result,
+        "WARNING: persistent upper not used, booting on a tmpfs upper",
+    );
+    assert_marker(
+        &result,
+        "reason: /dev/vdb was not formatted: it is blank (zeroed) and ovl.format=never",
+    );
+    assert_no_marker(&result, "formatting /dev/");
+    assert_no_marker(&result, "formatted /dev/");
+    assert_test_passed(&result);
+    assert_eq!(
+        sha256(&upper),
+        before,
+        "ovl.format=never wrote to the disk\n{result:?}"
+    );
 }
 
 /// A random delay below `max` (RandomState is seeded from the OS).

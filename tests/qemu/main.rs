@@ -16,6 +16,7 @@ mod brick;
 mod devices;
 mod failures;
 mod firstboot;
+mod flash;
 mod image;
 mod live;
 mod package;
