@@ -23,4 +23,4 @@ export OVL_RESET_POWERCUT_TRIALS="${1:-30}"
 export OVL_RESET_POWERCUT_WINDOW_MS="${2:-3000}"
 export OVL_QEMU_JOBS="${OVL_QEMU_JOBS:-1}"
 cargo test --quiet --test qemu reset_powercut:: -- --nocapture --test-threads=1 2>&1 |
-    grep -E '^power cut|test result|panicked'
+    grep -E 'power cut|test result|panicked'
