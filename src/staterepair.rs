@@ -20,7 +20,9 @@ use anyhow::{Context, Result};
 use rustix::fs::{renameat_with, statat, AtFlags, FileType, RenameFlags};
 use rustix::io::Errno;
 
-use crate::layout::{BOOTCOUNT_C, RESET_REQUEST_C, STATE_DIR, STATE_DIR_C, TRASH, TRASH_C};
+use crate::layout::{
+    BOOTCOUNT_C, RESET_REQUEST_C, STATE_DIR, STATE_DIR_C, TRASH, TRASH_C, WORK, WORK_C,
+};
 use crate::sys::dirfd;
 
 const DIR_MODE: u32 = 0o700;
@@ -105,6 +107,41 @@ pub fn repair_logged(upper_fs: &Path) {
             crate::layout::state_dir(upper_fs).display()
         ),
     }
+}
+
+/// `work/` beside the upper is overlayfs's scratch space: it holds no change
+/// between mounts. When it is not a directory (a regular file, a symlink,
+/// dangling or not, a FIFO...), no `work/` can be made and the overlay cannot
+/// mount: move it aside into `.overlay-init/trash/STAMP/` (renamed, never
+/// followed or opened), durably, so that a fresh one can be made. Returns the
+/// line to log, `None` when `work` is missing or a directory.
+pub fn move_aside_odd_work(upper_fs: &Path) -> Result<Option<String>> {
+    let root = dirfd::open_dir(upper_fs)?;
+    let kind = match kind_at(root.as_fd(), WORK_C)? {
+        None | Some(FileType::Directory) => return Ok(None),
+        Some(kind) => kind,
+    };
+    let (state, created) = dirfd::ensure_dir_at(root.as_fd(), STATE_DIR_C, DIR_MODE)
+        .with_context(|| format!("open {STATE_DIR} (no symlinks)"))?;
+    if created {
+        dirfd::fsync_dir(root.as_fd(), "upper root")?;
+    }
+    let stamp = stamp();
+    let generation = make_generation(state.as_fd(), &stamp)?;
+    renameat_with(
+        root.as_fd(),
+        WORK_C,
+        generation.as_fd(),
+        WORK_C,
+        RenameFlags::NOREPLACE,
+    )
+    .with_context(|| format!("move the odd {WORK} into the trash"))?;
+    dirfd::fsync_dir(generation.as_fd(), "trash generation")?;
+    dirfd::fsync_dir(root.as_fd(), "upper root")?;
+    Ok(Some(format!(
+        "{WORK} was {}: moved to {STATE_DIR}/{TRASH}/{stamp}/",
+        dirfd::file_type_name(kind)
+    )))
 }
 
 /// The type of `dir/name` (a symlink is a symlink); `None` when missing.
@@ -271,6 +308,31 @@ mod tests {
         fs::write(state.join("reset-request"), "requested-by=test\n").unwrap();
         assert!(repair(&dir).unwrap().is_empty());
         assert!(crate::reset::status(&dir).unwrap().reset_pending);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_odd_work_entry_is_moved_aside_never_followed() {
+        let dir = scratch("work");
+        assert_eq!(move_aside_odd_work(&dir).unwrap(), None);
+        fs::create_dir(dir.join("work")).unwrap();
+        assert_eq!(move_aside_odd_work(&dir).unwrap(), None);
+        fs::remove_dir(dir.join("work")).unwrap();
+        let outside = dir.join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("keep"), "x").unwrap();
+        for odd in ["file", "dangling", "link to a dir"] {
+            match odd {
+                "file" => fs::write(dir.join("work"), "junk").unwrap(),
+                "dangling" => std::os::unix::fs::symlink("/nowhere", dir.join("work")).unwrap(),
+                _ => std::os::unix::fs::symlink(&outside, dir.join("work")).unwrap(),
+            }
+            let line = move_aside_odd_work(&dir).unwrap().expect("moved");
+            assert!(line.starts_with("work was a "), "{line}");
+            assert!(fs::symlink_metadata(dir.join("work")).is_err(), "{odd}");
+        }
+        assert_eq!(generations(&dir).len(), 3);
+        assert_eq!(fs::read_to_string(outside.join("keep")).unwrap(), "x");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -181,6 +181,12 @@ pub fn prepare_upper_dirs(
         }
         _ => attempt(),
     };
+    // A `work` that is no directory holds no change: it is recreated before
+    // the upper is given up.
+    let result = match (result, &*kind) {
+        (Err(why), UpperKind::Persistent(_)) => retry_with_fresh_work(&changes_fs, why, attempt),
+        (result, _) => result,
+    };
     match (result, &*kind) {
         (Ok(dirs), _) => Ok(dirs),
         (Err(why), UpperKind::Persistent(dev)) => {
@@ -245,6 +251,26 @@ pub fn mount_overlay(
             overlay::mount_overlay(lowers, &upper, &work, &root)
         }
         (Err(why), _) => Err(why),
+    }
+}
+
+/// `upper/`/`work/` could not be made (`why`): when `work` is not a directory
+/// (a file, a symlink), move it into the trash and run `attempt` again.
+fn retry_with_fresh_work(
+    upper_fs: &Path,
+    why: anyhow::Error,
+    attempt: impl FnOnce() -> Result<(PathBuf, PathBuf)>,
+) -> Result<(PathBuf, PathBuf)> {
+    match crate::staterepair::move_aside_odd_work(upper_fs) {
+        Ok(None) => Err(why),
+        Ok(Some(line)) => {
+            log::warn!("{why:#}: {line}; recreating it");
+            attempt()
+        }
+        Err(e) => {
+            log::warn!("{why:#}; moving work/ aside failed: {e:#}");
+            Err(why)
+        }
     }
 }
 

@@ -391,3 +391,106 @@ fn an_image_path_never_leaves_the_host_filesystem() {
         }
     });
 }
+
+/// An ext4 upper holding `upper/etc/kept`, with `work` made by `make_work`
+/// (given its path in the source tree), on a loop device; the upper mounted
+/// by the "upper" step, and a lower directory beside it.
+fn upper_with_work(
+    dir: &std::path::Path,
+    make_work: impl FnOnce(&std::path::Path),
+) -> (Loop, Staging, UpperKind, std::path::PathBuf) {
+    let src = dir.join("upper-src");
+    crate::support::tree(&src, &[("upper/etc/kept", "a setting\n")]);
+    make_work(&src.join("work"));
+    let image = dir.join("upper.ext4");
+    Ext4::mib(16).contents(&src).write_to(&image);
+    let dev = Loop::attach(&image, false);
+    let staging = Staging::new(dir.join("staging"), dir.join("keep"));
+    std::fs::create_dir_all(staging.upper_fs()).unwrap();
+    std::fs::create_dir_all(staging.root()).unwrap();
+    let lower = dir.join("lower");
+    crate::support::tree(&lower, &[("etc/from-lower", "lower\n")]);
+    let kind = upper::mount_upper(&config(""), &staging, Some(&dev.dev), None).unwrap();
+    assert_eq!(kind, UpperKind::Persistent(dev.dev.clone()));
+    (dev, staging, kind, lower)
+}
+
+/// The "upper dirs" and "overlay" steps, then the merged view shows the
+/// upper's change and takes a write.
+fn mount_and_check(staging: &Staging, kind: &mut UpperKind, lower: &std::path::Path) {
+    let config = config("");
+    let dirs = upper::prepare_upper_dirs(&config, staging, kind).unwrap();
+    upper::mount_overlay(&config, staging, &[lower.to_path_buf()], dirs, kind).unwrap();
+    let _overlay = crate::support::UnmountAllUnder(staging.root());
+    let root = staging.root();
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/kept")).unwrap(),
+        "a setting\n"
+    );
+    std::fs::write(root.join("etc/new"), "x").unwrap();
+}
+
+/// Item 8: `work` that is not a directory (a regular file, a dangling
+/// symlink) holds no change, but no `work/` can be made there: it is moved
+/// into the trash and recreated, and the upper is used, not given up for a
+/// tmpfs with factory settings.
+#[test]
+fn a_work_entry_that_is_no_directory_is_recreated_and_the_upper_used() {
+    in_private_mount_namespace(
+        "a_work_entry_that_is_no_directory_is_recreated_and_the_upper_used",
+        |dir| {
+            for odd in ["file", "dangling symlink"] {
+                let case = dir.join(odd.replace(' ', "-"));
+                let (dev, staging, mut kind, lower) = upper_with_work(&case, |work| match odd {
+                    "file" => std::fs::write(work, "junk\n").unwrap(),
+                    _ => std::os::unix::fs::symlink("/nowhere/at/all", work).unwrap(),
+                });
+                mount_and_check(&staging, &mut kind, &lower);
+                assert_eq!(kind, UpperKind::Persistent(dev.dev.clone()), "{odd}");
+                let upper_fs = staging.upper_fs();
+                assert!(std::fs::symlink_metadata(upper_fs.join("work"))
+                    .unwrap()
+                    .is_dir());
+                assert!(upper_fs.join("upper/etc/new").exists(), "{odd}");
+                let trash: Vec<_> = std::fs::read_dir(upper_fs.join(".overlay-init/trash"))
+                    .unwrap()
+                    .map(|e| e.unwrap().path().join("work"))
+                    .collect();
+                assert_eq!(trash.len(), 1, "{odd}: {trash:?}");
+                assert!(std::fs::symlink_metadata(&trash[0]).is_ok(), "{trash:?}");
+            }
+        },
+    );
+}
+
+/// Item 8: a `work/` whose leftovers the kernel cannot clear (an immutable
+/// `work/work`, which overlayfs answers by mounting read-only) is emptied and
+/// the overlay mounted again: the upper is used, not given up.
+#[test]
+fn an_overlay_stuck_on_work_leftovers_is_mounted_after_emptying_work() {
+    in_private_mount_namespace(
+        "an_overlay_stuck_on_work_leftovers_is_mounted_after_emptying_work",
+        |dir| {
+            let (dev, staging, mut kind, lower) = upper_with_work(dir, |work| {
+                crate::support::tree(work, &[("work/stuck", "left by a crash\n")]);
+            });
+            let stuck = staging.upper_fs().join("work/work/stuck");
+            crate::support::run(std::process::Command::new("chattr").arg("+i").arg(&stuck));
+            // Without the retry the kernel mounts read-only (checked here
+            // directly, so the test shows the state is a real one).
+            let (u, w) = overlay_init::overlay::upper_dirs(&staging.upper_fs());
+            let plain = overlay_init::overlay::mount_overlay(
+                std::slice::from_ref(&lower),
+                &u,
+                &w,
+                &staging.root(),
+            );
+            drop(crate::support::UnmountAllUnder(staging.root()));
+            let why = format!("{:#}", plain.expect_err("the overlay mounted writable"));
+            assert!(why.contains("read-only"), "{why}");
+            mount_and_check(&staging, &mut kind, &lower);
+            assert_eq!(kind, UpperKind::Persistent(dev.dev.clone()));
+            assert!(!stuck.exists());
+        },
+    );
+}

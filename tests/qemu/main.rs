@@ -21,6 +21,7 @@ mod image;
 mod live;
 mod package;
 mod reset;
+mod reset_powercut;
 mod router;
 mod smoke;
 mod upgrade;
