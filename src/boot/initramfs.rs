@@ -43,10 +43,10 @@ pub fn mount_api_filesystems() -> Result<()> {
     Ok(())
 }
 
-pub fn log_start(config: &Config, uptime: Option<f64>) {
+pub fn log_start(config: &Config, uptime: Option<std::time::Duration>) {
     log::info!(
-        "starting (uptime {:.3} s): root={} upper={}",
-        uptime.unwrap_or_default(),
+        "starting (uptime {} s): root={} upper={}",
+        crate::decimal::secs(uptime.unwrap_or_default(), 3),
         config
             .root
             .as_ref()

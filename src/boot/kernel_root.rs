@@ -48,7 +48,7 @@ pub fn mount_api_filesystems() -> Result<()> {
     Ok(())
 }
 
-pub fn log_start(config: &Config, uptime: Option<f64>) {
+pub fn log_start(config: &Config, uptime: Option<std::time::Duration>) {
     let root = match router::detect_boot_mode() {
         Ok(router::BootMode::Router(root)) => root,
         Ok(router::BootMode::Initramfs) => {
@@ -62,8 +62,8 @@ pub fn log_start(config: &Config, uptime: Option<f64>) {
         }
     };
     log::info!(
-        "starting in router mode (uptime {:.3} s): / is {} from {} ({}), upper={}",
-        uptime.unwrap_or_default(),
+        "starting in router mode (uptime {} s): / is {} from {} ({}), upper={}",
+        crate::decimal::secs(uptime.unwrap_or_default(), 3),
         root.fstype,
         root.source,
         if root.read_only { "ro" } else { "rw" },

@@ -23,14 +23,14 @@ pub fn restore_ratelimit(old: Option<String>) {
     }
 }
 
-/// Seconds since boot, from `/proc/uptime`.
-pub fn uptime() -> Option<f64> {
-    fs::read_to_string("/proc/uptime")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+/// The time since boot, from `/proc/uptime`.
+pub fn uptime() -> Option<std::time::Duration> {
+    crate::decimal::parse_secs(
+        fs::read_to_string("/proc/uptime")
+            .ok()?
+            .split_whitespace()
+            .next()?,
+    )
 }
 
 /// This process's peak resident memory (`VmHWM` in `/proc/self/status`).
