@@ -178,6 +178,7 @@ ensure_rust_src() {
 # them, is folded in):
 #   -C force-unwind-tables=no   no .eh_frame for Rust code (~100 KiB): with panic=abort nothing
 #                               unwinds, and the panic hook prints no backtrace
+#   --cfg ovl_no_unwinder       no C unwinder linked (~60 KiB; src/sys/nounwind.rs says why)
 #   --remap-path-prefix         std's and the crates' source paths in panic locations as
 #                               /rustc/VERSION/library/... and /cargo/..., not this machine's
 init_cargo() {
@@ -188,7 +189,7 @@ init_cargo() {
     version="$(rustc --version | cut -d' ' -f2)"
     read -ra flags <<<"${RUSTFLAGS:-}"
     [[ "$target" != *gnu ]] || flags+=(-C target-feature=+crt-static)
-    flags+=(-C force-unwind-tables=no
+    flags+=(-C force-unwind-tables=no --cfg ovl_no_unwinder
         "--remap-path-prefix=${src%/library}=/rustc/$version"
         "--remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}/registry/src=/cargo")
     for flag in "${flags[@]}"; do

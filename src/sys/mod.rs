@@ -15,6 +15,8 @@ pub mod lower_identity;
 pub mod mkfs;
 pub mod modules;
 pub mod mount;
+#[cfg(ovl_no_unwinder)]
+pub mod nounwind;
 pub mod pivot;
 pub mod power;
 pub mod process;
