@@ -178,18 +178,24 @@ ensure_rust_src() {
 # them, is folded in):
 #   -C force-unwind-tables=no   no .eh_frame for Rust code (~100 KiB): with panic=abort nothing
 #                               unwinds, and the panic hook prints no backtrace
-#   --cfg ovl_no_unwinder       no C unwinder linked (~60 KiB; src/sys/nounwind.rs says why)
+#   --cfg ovl_no_unwinder       (musl) no C unwinder linked (~60 KiB; src/sys/nounwind.rs)
 #   --remap-path-prefix         std's and the crates' source paths in panic locations as
 #                               /rustc/VERSION/library/... and /cargo/..., not this machine's
 init_cargo() {
     local target="$1" subcommand="$2"
     shift 2
     local src version flags=() flag toml=""
-    src="$(ensure_rust_src)"
-    version="$(rustc --version | cut -d' ' -f2)"
+    # (Explicit returns: a caller's `||` turns errexit off in here.)
+    src="$(ensure_rust_src)" || return
+    version="$(rustc --version | cut -d' ' -f2)" || return
     read -ra flags <<<"${RUSTFLAGS:-}"
-    [[ "$target" != *gnu ]] || flags+=(-C target-feature=+crt-static)
-    flags+=(-C force-unwind-tables=no --cfg ovl_no_unwinder
+    # glibc's static libraries bring their own unwinder (libgcc_eh): the stubs are musl's only.
+    if [[ "$target" == *gnu ]]; then
+        flags+=(-C target-feature=+crt-static)
+    else
+        flags+=(--cfg ovl_no_unwinder)
+    fi
+    flags+=(-C force-unwind-tables=no
         "--remap-path-prefix=${src%/library}=/rustc/$version"
         "--remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}/registry/src=/cargo")
     for flag in "${flags[@]}"; do
@@ -206,6 +212,7 @@ build_init() {
     need_cmd cargo "install Rust from https://rustup.rs"
     local target
     target="$(init_target)"
+    ensure_rust_src >/dev/null
     init_cargo "$target" build --quiet >&2 ||
         die "the release init did not build for $target (cargo -Zbuild-std, see above)"
     local dir="${CARGO_TARGET_DIR:-$REPO_DIR/target}"
