@@ -147,20 +147,74 @@ init_target() {
     echo x86_64-unknown-linux-gnu
 }
 
+# The init's standard library is built from source (`-Zbuild-std`, rust-src) without std's
+# `backtrace` feature: std's prebuilt copy links its backtrace symbolizer (gimli, addr2line,
+# miniz_oxide; about 215 KiB) through the default panic hook whatever the program does. It is
+# built with `panic_abort` and keeps the panic hook (the one that routes a panic in PID 1 to the
+# failure handler): no `panic_immediate_abort`. `-Zbuild-std` is unstable: RUSTC_BOOTSTRAP=1
+# lets the stable toolchain take it (the same rustc, with its own std source). See
+# docs/benchmarks.md, "Binary size".
+INIT_BUILD_STD=(-Zbuild-std=std,panic_abort "-Zbuild-std-features=optimize_for_size")
+
+# The library directory of the Rust source (rust-src) of the toolchain cargo uses; adds the
+# component with rustup when it is missing, and fails naming what is missing otherwise (no
+# fallback to the prebuilt std: the init would silently grow by ~250 KiB).
+ensure_rust_src() {
+    local sysroot src
+    sysroot="$(rustc --print sysroot)" || die "rustc --print sysroot failed"
+    src="$sysroot/lib/rustlib/src/rust/library"
+    if [[ ! -f "$src/std/Cargo.toml" ]] && command -v rustup >/dev/null; then
+        rustup component add rust-src >&2 || die "rustup component add rust-src failed: the init's std is built from the Rust source (-Zbuild-std)"
+    fi
+    [[ -f "$src/std/Cargo.toml" ]] ||
+        die "the Rust standard library's source is missing ($src/std/Cargo.toml): the init is built with -Zbuild-std; install it with 'rustup component add rust-src' (or a toolchain that ships it)"
+    echo "$src"
+}
+
+# The cargo build of the release init for target $1 (the arguments after the target are added):
+# std from source, as build_init builds it. For other tools that build it the same way, e.g.
+# `init_cargo x86_64-unknown-linux-musl bloat --crates` (cargo-bloat).
+# The rustflags (added to .cargo/config.toml's for the target; $RUSTFLAGS, which would replace
+# them, is folded in):
+#   -C force-unwind-tables=no   no .eh_frame for Rust code (~100 KiB): with panic=abort nothing
+#                               unwinds, and the panic hook prints no backtrace
+#   --cfg ovl_no_unwinder       (musl) no C unwinder linked (~60 KiB; src/sys/nounwind.rs)
+#   --remap-path-prefix         std's and the crates' source paths in panic locations as
+#                               /rustc/VERSION/library/... and /cargo/..., not this machine's
+init_cargo() {
+    local target="$1" subcommand="$2"
+    shift 2
+    local src version flags=() flag toml=""
+    # (Explicit returns: a caller's `||` turns errexit off in here.)
+    src="$(ensure_rust_src)" || return
+    version="$(rustc --version | cut -d' ' -f2)" || return
+    read -ra flags <<<"${RUSTFLAGS:-}"
+    # glibc's static libraries bring their own unwinder (libgcc_eh): the stubs are musl's only.
+    if [[ "$target" == *gnu ]]; then
+        flags+=(-C target-feature=+crt-static)
+    else
+        flags+=(--cfg ovl_no_unwinder)
+    fi
+    flags+=(-C force-unwind-tables=no
+        "--remap-path-prefix=${src%/library}=/rustc/$version"
+        "--remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}/registry/src=/cargo")
+    for flag in "${flags[@]}"; do
+        toml+="${toml:+, }\"$flag\""
+    done
+    env -u RUSTFLAGS RUSTC_BOOTSTRAP=1 cargo "$subcommand" --release \
+        --manifest-path "$REPO_DIR/Cargo.toml" --target "$target" --no-default-features \
+        --bin overlay-init "${INIT_BUILD_STD[@]}" --config "target.$target.rustflags = [$toml]" "$@"
+}
+
 # Builds the release init for $ARCH and prints the path of the static binary. A foreign
 # target links with rust-lld (shipped with rustup; set in .cargo/config.toml): no cross gcc.
 build_init() {
     need_cmd cargo "install Rust from https://rustup.rs"
     local target
     target="$(init_target)"
-    if [[ "$target" == *gnu ]]; then
-        RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-            cargo build --quiet --release --manifest-path "$REPO_DIR/Cargo.toml" \
-            --target "$target" --no-default-features --bin overlay-init >&2
-    else
-        cargo build --quiet --release --manifest-path "$REPO_DIR/Cargo.toml" \
-            --target "$target" --no-default-features --bin overlay-init >&2
-    fi
+    ensure_rust_src >/dev/null
+    init_cargo "$target" build --quiet >&2 ||
+        die "the release init did not build for $target (cargo -Zbuild-std, see above)"
     local dir="${CARGO_TARGET_DIR:-$REPO_DIR/target}"
     echo "$dir/$target/release/overlay-init"
 }

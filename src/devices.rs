@@ -85,16 +85,16 @@ pub fn fs_kind_name(kind: &FsKind) -> &'static str {
 /// A byte count for people: `512 B`, `64.0 MiB`.
 pub(crate) fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
     let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
+    let mut scale = 1u64;
+    while bytes / scale >= 1024 && unit + 1 < UNITS.len() {
+        scale *= 1024;
         unit += 1;
     }
     if unit == 0 {
         format!("{bytes} B")
     } else {
-        format!("{value:.1} {}", UNITS[unit])
+        format!("{} {}", crate::decimal::in_unit(bytes, scale), UNITS[unit])
     }
 }
 
@@ -240,9 +240,9 @@ pub fn not_found_message(
 ) -> String {
     let names: Vec<String> = missing.iter().map(|s| s.to_string()).collect();
     let mut msg = format!(
-        "no block device matches {} after waiting {:.1}s; ",
+        "no block device matches {} after waiting {}s; ",
         names.join(", "),
-        waited.as_secs_f64()
+        crate::decimal::secs(waited, 1)
     );
     if seen.is_empty() {
         msg.push_str("no block devices were seen at all (missing driver or kernel module?)");

@@ -13,6 +13,7 @@ pub mod bootcount;
 pub mod cli;
 pub mod cmdline;
 pub mod cmdline_bytes;
+pub mod decimal;
 pub mod devices;
 pub mod devspec;
 pub mod executable;

@@ -252,7 +252,7 @@ pub fn human_size(bytes: u64) -> String {
             return if bytes.is_multiple_of(scale) {
                 format!("{} {unit}", bytes / scale)
             } else {
-                format!("{:.1} {unit}", bytes as f64 / scale as f64)
+                format!("{} {unit}", crate::decimal::in_unit(bytes, scale))
             };
         }
     }

@@ -29,7 +29,7 @@ impl Timeline {
         let result = f();
         let took = start.elapsed();
         self.steps.push((name, took));
-        log::debug!("step {name}: {:.1} ms", took.as_secs_f64() * 1e3);
+        log::debug!("step {name}: {} ms", crate::decimal::millis(took, 1));
         result.map_err(|error| StepError { step: name, error })
     }
 
@@ -37,7 +37,13 @@ impl Timeline {
     pub fn summary(&self) -> String {
         self.steps
             .iter()
-            .map(|(name, d)| format!("{}={:.1}ms", name.replace(' ', "-"), d.as_secs_f64() * 1e3))
+            .map(|(name, d)| {
+                format!(
+                    "{}={}ms",
+                    name.replace(' ', "-"),
+                    crate::decimal::millis(*d, 1)
+                )
+            })
             .collect::<Vec<_>>()
             .join(" ")
     }

@@ -43,10 +43,10 @@ pub fn mount_api_filesystems() -> Result<()> {
     Ok(())
 }
 
-pub fn log_start(config: &Config, uptime: Option<String>) {
+pub fn log_start(config: &Config, uptime: Option<std::time::Duration>) {
     log::info!(
         "starting (uptime {} s): root={} upper={}",
-        uptime.as_deref().unwrap_or("?"),
+        crate::decimal::secs(uptime.unwrap_or_default(), 3),
         config
             .root
             .as_ref()

@@ -48,7 +48,7 @@ pub fn mount_api_filesystems() -> Result<()> {
     Ok(())
 }
 
-pub fn log_start(config: &Config, uptime: Option<String>) {
+pub fn log_start(config: &Config, uptime: Option<std::time::Duration>) {
     let root = match mounted_root::detect_boot_mode() {
         Ok(mounted_root::BootMode::Router(root)) => root,
         Ok(mounted_root::BootMode::Initramfs) => {
@@ -63,7 +63,7 @@ pub fn log_start(config: &Config, uptime: Option<String>) {
     };
     log::info!(
         "starting in router mode (uptime {} s): / is {} from {} ({}), upper={}",
-        uptime.as_deref().unwrap_or("?"),
+        crate::decimal::secs(uptime.unwrap_or_default(), 3),
         root.fstype,
         root.source,
         if root.read_only { "ro" } else { "rw" },

@@ -218,7 +218,7 @@ impl RootMode {
         }
     }
 
-    fn log_start(self, config: &Config, uptime: Option<String>) {
+    fn log_start(self, config: &Config, uptime: Option<std::time::Duration>) {
         match self {
             RootMode::Initramfs => initramfs::log_start(config, uptime),
             RootMode::KernelRoot => kernel_root::log_start(config, uptime),

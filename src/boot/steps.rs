@@ -37,7 +37,7 @@ pub fn mount_api_filesystem(source: &str, target: &Path, fstype: &str, data: &st
 
 /// Log to `/dev/kmsg` too, lift its rate limit for the boot: returns the
 /// limit to restore before the handover, and the kernel's uptime.
-pub fn setup_log() -> Result<(Option<String>, Option<String>)> {
+pub fn setup_log() -> Result<(Option<String>, Option<Duration>)> {
     crate::logger::attach_kmsg();
     Ok((sys::kmsg::lift_ratelimit(), sys::kmsg::uptime()))
 }
@@ -182,9 +182,9 @@ pub fn reopen_console() {
 /// uptime, peak memory, `notes`, and every step's duration.
 pub fn log_handover(init: &str, started: std::time::Instant, timeline: &Timeline, notes: &str) {
     log::info!(
-        "handover to {init} after {:.1} ms (uptime {} s, peak memory {}, {notes}): {}",
-        started.elapsed().as_secs_f64() * 1e3,
-        sys::kmsg::uptime().as_deref().unwrap_or("?"),
+        "handover to {init} after {} ms (uptime {} s, peak memory {}, {notes}): {}",
+        crate::decimal::millis(started.elapsed(), 1),
+        crate::decimal::secs(sys::kmsg::uptime().unwrap_or_default(), 3),
         sys::kmsg::vm_hwm().unwrap_or_default(),
         timeline.summary()
     );

@@ -23,11 +23,14 @@ pub fn restore_ratelimit(old: Option<String>) {
     }
 }
 
-/// Seconds since boot as `/proc/uptime` writes them (`1.82`): only ever
-/// printed, so not parsed (float parsing is code the boot need not run).
-pub fn uptime() -> Option<String> {
-    let text = fs::read_to_string("/proc/uptime").ok()?;
-    Some(text.split_whitespace().next()?.to_string())
+/// The time since boot, from `/proc/uptime`.
+pub fn uptime() -> Option<std::time::Duration> {
+    crate::decimal::parse_secs(
+        fs::read_to_string("/proc/uptime")
+            .ok()?
+            .split_whitespace()
+            .next()?,
+    )
 }
 
 /// This process's peak resident memory (`VmHWM` in `/proc/self/status`).

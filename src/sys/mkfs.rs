@@ -4,12 +4,10 @@
 //! See `probe::blank` for why the marker makes a power cut harmless.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -21,6 +19,7 @@ use crate::probe::blank::{
     MARKER_BYTES, QUICK_HEAD_BYTES, QUICK_TAIL_BYTES,
 };
 use crate::probe::superblock::detect;
+use crate::sys::process::Ended;
 
 /// What [`classify_device`] read, kept for the formatter.
 #[derive(Debug, Clone)]
@@ -322,88 +321,26 @@ fn bind_api_dirs(root: &Path, device: &Path) -> Result<ChrootBinds> {
 /// Run the plan's mkfs with stdin from /dev/null and its output captured; kill
 /// it after `timeout`.
 fn run_mkfs(plan: &FormatPlan, timeout: Duration) -> Result<()> {
-    let mut command = Command::new(&plan.tool.program);
-    command
-        .args(&plan.args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     let _binds = match &plan.tool.root {
-        Some(root) => {
-            let binds = bind_api_dirs(root, &plan.device)?;
-            let root = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
-                .with_context(|| format!("lower root {} holds a NUL byte", root.display()))?;
-            let slash = c"/";
-            // SAFETY: the closure runs in the forked child before exec. It only
-            // makes the chroot(2) and chdir(2) system calls (async-signal-safe) on
-            // C strings built before the fork, so it neither allocates nor takes
-            // a lock that another thread of the parent could have held.
-            unsafe {
-                command.pre_exec(move || {
-                    rustix::process::chroot(root.as_c_str())?;
-                    rustix::process::chdir(slash)?;
-                    Ok(())
-                });
-            }
-            Some(binds)
-        }
+        Some(root) => Some(bind_api_dirs(root, &plan.device)?),
         None => None,
     };
     let shown = format!("{} {}", plan.tool, plan.args.join(" "));
-    let mut child = command.spawn().with_context(|| format!("start {shown}"))?;
-    let status = wait_with_timeout(&mut child, timeout).with_context(|| format!("run {shown}"))?;
-    // mkfs -q writes little: what it did write fits the pipes.
-    let mut output = String::new();
-    if let Some(mut stderr) = child.stderr.take() {
-        let _ = stderr.read_to_string(&mut output);
-    }
-    if let Some(mut stdout) = child.stdout.take() {
-        let _ = stdout.read_to_string(&mut output);
-    }
-    match status {
-        Some(status) if status.success() => Ok(()),
-        Some(status) => bail!("{shown} failed ({status}): {}", output.trim()),
-        None => bail!(
+    let (ended, output) = crate::sys::process::run_captured(&crate::sys::process::Captured {
+        program: &plan.tool.program,
+        args: &plan.args,
+        env: &["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+        root: plan.tool.root.as_deref(),
+        timeout,
+    })
+    .with_context(|| format!("run {shown}"))?;
+    match ended {
+        Ended::Exited(0) => Ok(()),
+        Ended::TimedOut => bail!(
             "{shown} did not finish in {} s and was killed: {}",
             timeout.as_secs(),
             output.trim()
         ),
-    }
-}
-
-/// Wait for `child` at most `timeout` (a pidfd polled with a deadline); `None`
-/// when it had to be killed.
-fn wait_with_timeout(
-    child: &mut std::process::Child,
-    timeout: Duration,
-) -> Result<Option<std::process::ExitStatus>> {
-    let pid = rustix::process::Pid::from_child(child);
-    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
-        .context("pidfd_open")?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().context("waitpid")? {
-            return Ok(Some(status));
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            let _ = child.kill();
-            child.wait().context("waitpid after kill")?;
-            return Ok(None);
-        }
-        let timespec = rustix::time::Timespec {
-            tv_sec: left.as_secs() as i64,
-            tv_nsec: i64::from(left.subsec_nanos()),
-        };
-        let mut fds = [rustix::event::PollFd::new(
-            &pidfd,
-            rustix::event::PollFlags::IN,
-        )];
-        match rustix::event::poll(&mut fds, Some(&timespec)) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e).context("poll the mkfs pidfd"),
-        }
+        other => bail!("{shown} failed ({other}): {}", output.trim()),
     }
 }

@@ -16,6 +16,8 @@ pub mod mkfs;
 pub mod modules;
 pub mod mount;
 pub mod mtd;
+#[cfg(ovl_no_unwinder)]
+pub mod nounwind;
 pub mod pivot;
 pub mod power;
 pub mod process;
