@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::support::{
-    assert_no_loop_device_under_now, in_private_mount_namespace, loop_devices_under, make_squashfs,
+    assert_no_loop_device_under, in_private_mount_namespace, loop_devices_under, make_squashfs,
     Ext4, Mounted,
 };
 use overlay_init::fstype::FsType;
@@ -121,7 +121,7 @@ fn failed_mount_leaves_no_loop_device() {
         })();
         let err = result.expect_err("mounting junk as squashfs must fail");
         assert!(err.to_string().contains("Invalid argument"), "{err:#}");
-        assert_no_loop_device_under_now(dir);
+        assert_no_loop_device_under(dir);
     });
 }
 
@@ -142,7 +142,7 @@ fn bad_image_paths_are_reported_by_name() {
 
         let err = loopdev::attach_image(dir).unwrap_err();
         assert!(format!("{err:#}").contains("not a regular file"), "{err:#}");
-        assert_no_loop_device_under_now(dir);
+        assert_no_loop_device_under(dir);
     });
 }
 
@@ -196,7 +196,7 @@ fn image_on_read_only_filesystem_attaches() {
 
         outer.unmount();
         outer_device.detach().unwrap();
-        assert_no_loop_device_under_now(dir);
+        assert_no_loop_device_under(dir);
     });
 }
 
@@ -215,6 +215,6 @@ fn direct_io_request_attaches_and_can_be_declined() {
         assert_eq!(loop_devices_under(dir).len(), 2);
         drop(buffered);
         drop(direct);
-        assert_no_loop_device_under_now(dir);
+        assert_no_loop_device_under(dir);
     });
 }

@@ -12,9 +12,11 @@ use crate::support::{repo_dir, run};
 /// Bytes: 999,824 (976 KiB) with the prebuilt std on 2026-11-30 (Rust 1.95, musl); 497,360
 /// (486 KiB) once `build_init` built std from source without its backtrace support, unwind
 /// tables and C unwinder, and the init lost `std::process::Command` and float formatting. The
-/// limit is that plus about 2% (the size moves in 4 KiB steps: the segments are page-aligned),
-/// so growth from here is seen; issue 17 stays open on size.
-const LIMIT: u64 = 496 * 1024;
+/// flash uppers (JFFS2 erase, UBI attach and volume creation) and the work/ repair then took it
+/// to 526,032 bytes (514 KiB) at the merge, with verity 12 KiB smaller. The limit is that plus
+/// about 2% (the size moves in 4 KiB steps: the segments are page-aligned), so growth from here
+/// is seen; issue 17 stays open on size.
+const LIMIT: u64 = 524 * 1024;
 /// Issue 17's target, for the message.
 const TARGET: u64 = 400 * 1024;
 

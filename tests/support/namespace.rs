@@ -301,15 +301,10 @@ pub fn loop_devices_under(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
         .collect()
 }
 
-/// Fail at once if a loop device is still bound to a file under `dir`: for
-/// checks right after a synchronous detach.
-pub fn assert_no_loop_device_under_now(dir: &Path) {
-    let left = loop_devices_under(dir);
-    assert!(left.is_empty(), "loop devices left behind: {left:?}");
-}
-
 /// Fail if a loop device is still bound to a file under `dir`. The kernel
-/// detaches an auto-clearing loop device asynchronously after its last user
+/// detaches a loop device at its last close: after a detach while another
+/// process has it open (udev, blkid, another test's coldplug probing every
+/// block device), and for an auto-clearing one asynchronously after its last user
 /// (an overlay's private mount clones are released from a work queue), so this
 /// waits for the kernel's uevents about those devices, up to a bound.
 pub fn assert_no_loop_device_under(dir: &Path) {
