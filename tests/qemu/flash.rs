@@ -54,19 +54,6 @@ fn flash_boot(flash: &Path, params: &str, script: &str) -> BootResult {
     result
 }
 
-/// The printed line `line` exactly (the script is echoed too, so a bare marker could match
-/// its own `echo`).
-#[track_caller]
-fn assert_output_line(result: &BootResult, line: &str) {
-    assert!(
-        result
-            .output()
-            .lines()
-            .any(|printed| printed.trim_end() == line),
-        "the test command did not print the line {line:?}\n{result:?}"
-    );
-}
-
 /// N of the `mtdN` block2mtd made of `/dev/vdb`, as the kernel announced it
 /// (`block2mtd: mtd1: [rootfs_data] erase_size = 128KiB [131072]`; mtd0 is the router
 /// kernel's mtdram).

@@ -63,19 +63,6 @@ const SHOW_ROUTER: &str =
 /// loaded.
 const SHOW_MODULES: &str = "if test -e /proc/modules; then echo LOADED-MODULES=$(cut -d' ' -f1 /proc/modules | sort | tr '\\n' ' '); else echo NO-MODULE-SUPPORT; fi";
 
-/// The test command printed exactly this line (the script itself is echoed on the console, so
-/// a bare marker could match its own `echo`).
-#[track_caller]
-fn assert_output_line(result: &BootResult, line: &str) {
-    assert!(
-        result
-            .output()
-            .lines()
-            .any(|printed| printed.trim_end() == line),
-        "the test command did not print the line {line:?}\n{result:?}"
-    );
-}
-
 /// How the squashfs root gets mounted before overlay-init runs.
 enum KernelMountsRoot {
     /// The kernel of `qemu/build-router-kernel`, no initramfs.

@@ -2,6 +2,7 @@
 //! powers off; a guest that hangs is stopped by the timeout. Run: `cargo test --test qemu smoke::`.
 
 use crate::support::*;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[test]
@@ -82,14 +83,9 @@ fn init_that_exits_is_reported_as_a_kernel_panic() {
     assert_exit(&result, Exit::Panic);
 }
 
-/// The demo root and its /sbin/test-init, booted through a busybox stand-in for overlay-init:
-/// arguments after "--" reach the test command, markers are printed, the write lands on the
-/// upper disk, and the harness reads it back out of the ext4 image.
-#[test]
-fn demo_root_runs_test_init_through_a_busybox_overlay() {
-    let demo = demo();
-    let scratch = Scratch::new("smoke-demo");
-    let upper = fresh_copy(&demo.upper_ext4, &scratch, "upper.ext4");
+/// The busybox stand-in for overlay-init (`BUSYBOX_OVERLAY_INIT`) with the virtio block stack,
+/// squashfs and overlay, in `scratch`.
+fn busybox_overlay_initramfs(scratch: &Scratch) -> PathBuf {
     let initramfs = scratch.join("initramfs.cpio");
     let mut modules: Vec<String> = VIRTIO_BLK_MODULES
         .iter()
@@ -102,6 +98,18 @@ fn demo_root_runs_test_init_through_a_busybox_overlay() {
         ..Default::default()
     }
     .build(&initramfs);
+    initramfs
+}
+
+/// The demo root and its /sbin/test-init, booted through a busybox stand-in for overlay-init:
+/// arguments after "--" reach the test command, markers are printed, the write lands on the
+/// upper disk, and the harness reads it back out of the ext4 image.
+#[test]
+fn demo_root_runs_test_init_through_a_busybox_overlay() {
+    let demo = demo();
+    let scratch = Scratch::new("smoke-demo");
+    let upper = fresh_copy(&demo.upper_ext4, &scratch, "upper.ext4");
+    let initramfs = busybox_overlay_initramfs(&scratch);
 
     let script = "echo persisted > /data; grep -q '^overlay / overlay' /proc/mounts && \
                   grep -q ' /rom squashfs ' /proc/mounts && cat /etc/demo-release";
@@ -140,18 +148,7 @@ fn demo_root_keeps_a_file_across_reboot_typed_on_the_console() {
     let demo = demo();
     let scratch = Scratch::new("smoke-demo-session");
     let upper = fresh_copy(&demo.upper_ext4, &scratch, "upper.ext4");
-    let initramfs = scratch.join("initramfs.cpio");
-    let mut modules: Vec<String> = VIRTIO_BLK_MODULES
-        .iter()
-        .map(|name| name.to_string())
-        .collect();
-    modules.extend(["squashfs".into(), "overlay".into()]);
-    BusyboxInitramfs {
-        init_script: BUSYBOX_OVERLAY_INIT.into(),
-        modules,
-        ..Default::default()
-    }
-    .build(&initramfs);
+    let initramfs = busybox_overlay_initramfs(&scratch);
     let session = |typed: &str| BootSpec {
         initrd: Initrd::Path(initramfs.clone()),
         disks: vec![Disk::ro(&demo.root_sqsh), Disk::rw(&upper)],

@@ -475,6 +475,19 @@ pub fn assert_output(result: &BootResult, text: &str) {
     );
 }
 
+/// The test command printed exactly this line (the script itself is echoed on the console, so
+/// a bare marker could match its own `echo`).
+#[track_caller]
+pub fn assert_output_line(result: &BootResult, line: &str) {
+    assert!(
+        result
+            .output()
+            .lines()
+            .any(|printed| printed.trim_end() == line),
+        "the test command did not print the line {line:?}\n{result:?}"
+    );
+}
+
 /// The test command did not print `text`.
 #[track_caller]
 pub fn assert_no_output(result: &BootResult, text: &str) {
