@@ -5,7 +5,6 @@
 //! The child is the same test binary run for one test (`--exact MODULE::NAME`): the module is
 //! the file of the caller (`tests/netns/reset.rs` is `reset`), so a test passes only its own
 //! function name.
-#![allow(dead_code)]
 
 use std::ffi::{CStr, OsStr};
 use std::fs;
