@@ -160,6 +160,16 @@ busybox mount -t sysfs sysfs /sys
 busybox mount -t devtmpfs devtmpfs /dev
 ";
 
+/// Boots the verity initramfs running `script` with every disk of `images`.
+fn boot_script(scratch: &Scratch, images: &Images, script: &str) -> BootResult {
+    boot(&BootSpec {
+        initrd: Initrd::Path(verity_initramfs(scratch, script)),
+        disks: images.disks(),
+        timeout: Duration::from_secs(120),
+        ..Default::default()
+    })
+}
+
 /// A busybox initramfs running `body` (after [`PROLOGUE`] and the module loads) with the
 /// tool at /bin/dm_verity.
 fn verity_initramfs(scratch: &Scratch, body: &str) -> PathBuf {
@@ -223,14 +233,7 @@ echo "DM LEFT: $(busybox ls /sys/block | busybox grep -c dm-)"
 busybox poweroff -f
 "#
     );
-    let initramfs = verity_initramfs(&scratch, &script);
-
-    let result = boot(&BootSpec {
-        initrd: Initrd::Path(initramfs),
-        disks: images.disks(),
-        timeout: Duration::from_secs(120),
-        ..Default::default()
-    });
+    let result = boot_script(&scratch, &images, &script);
 
     assert_marker(&result, "VERITY: dm version 4.");
     // Right root hash: our device, mounted, files intact.
@@ -298,13 +301,7 @@ busybox poweroff -f
 "#,
             root = images.root
         );
-        let initramfs = verity_initramfs(&scratch, &script);
-        let result = boot(&BootSpec {
-            initrd: Initrd::Path(initramfs),
-            disks: images.disks(),
-            timeout: Duration::from_secs(120),
-            ..Default::default()
-        });
+        let result = boot_script(&scratch, &images, &script);
         assert_marker(&result, "VERITY: open deep path=/dev/mapper/deep");
         assert_marker(&result, &format!(" 1 {option}"));
         assert_marker(&result, "READ deep: verified hello");
