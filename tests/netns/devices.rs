@@ -345,7 +345,8 @@ fn a_detached_device_is_forgotten() {
     let mut waiter = DeviceWaiter::new().unwrap();
     let by_label = spec(&format!("LABEL={label}"));
     assert!(waiter.seen().iter().any(|d| d.matches(&by_label)));
-    drop(gone);
+    // The waiter's socket holds the detach's uevent once this returns.
+    gone.detach_and_wait();
 
     let err = waiter
         .wait_for(&[&by_label], Some(Instant::now()), |_| {})

@@ -272,6 +272,43 @@ impl Loop {
     pub fn partition(&self, number: u32) -> PathBuf {
         PathBuf::from(format!("{}p{number}", self.dev.display()))
     }
+
+    /// Detach, and return once the kernel has announced it: its `change`
+    /// uevent for the device with no backing file left. The kernel detaches
+    /// at the last close, so a device another process holds open (a
+    /// concurrent test's coldplug probe, blkid, udev) goes later, and a
+    /// uevent listener opened before this call would otherwise judge too
+    /// early. Bounded: fails after 10 s.
+    pub fn detach_and_wait(self) {
+        use overlay_init::sys::uevent::{Received, UeventSocket};
+        use overlay_init::uevent::Action;
+        let mut socket = UeventSocket::open().expect("uevent socket");
+        let name = self.name().to_string();
+        let backing_file = format!("/sys/block/{name}/loop/backing_file");
+        let suffix = format!("/{name}");
+        drop(self);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = Instant::now();
+            assert!(now < deadline, "no detach uevent for {name} within 10 s");
+            let detached = match socket
+                .receive(Some(deadline - now))
+                .expect("receive uevent")
+            {
+                Received::Event(event) => {
+                    event.action == Some(Action::Change)
+                        && event.devpath.ends_with(&suffix)
+                        && !Path::new(&backing_file).exists()
+                }
+                // Events were lost: the device's state in sysfs decides.
+                Received::Overflow => !Path::new(&backing_file).exists(),
+                Received::Timeout => false,
+            };
+            if detached {
+                return;
+            }
+        }
+    }
 }
 
 impl Drop for Loop {
