@@ -85,10 +85,11 @@ pub fn mount_flash_upper(
     Ok(kind)
 }
 
-/// Mainline JFFS2 has no `RENAME_EXCHANGE`: overlayfs then cannot remove a
-/// directory of the lower that it copied up, nor make a directory where a
-/// lower one was removed (both EINVAL). Said once per boot, so that the first failing `rm -r` is
-/// explained.
+/// Mainline JFFS2 has no `RENAME_EXCHANGE` (nor `RENAME_WHITEOUT`): overlayfs
+/// then cannot remove a directory of the lower that it copied up, make a
+/// directory where a lower one was removed, or rename a lower file (EINVAL).
+/// Said once per boot, so that the first failing `rm -r` is explained. The
+/// project's kernel patch adds both (docs/flash.md).
 fn warn_without_rename_exchange(upper_fs: &Path, spec: &FlashSpec) {
     match sys::upperfs::supports_rename_exchange(upper_fs) {
         Ok(true) => {}
@@ -96,9 +97,10 @@ fn warn_without_rename_exchange(upper_fs: &Path, spec: &FlashSpec) {
             "this kernel's JFFS2 cannot exchange names (RENAME_EXCHANGE)",
             &[
                 format!("upper: {spec} (jffs2)"),
-                "removing a directory of the lower once its content was touched, and".into(),
-                "making a directory where a lower one was removed, fail with EINVAL".into(),
-                "OpenWrt's kernels add RENAME_EXCHANGE and RENAME_WHITEOUT to JFFS2".into(),
+                "removing a directory of the lower once its content was touched,".into(),
+                "making a directory where a lower one was removed and renaming a".into(),
+                "file of the lower fail with EINVAL: patch the kernel's JFFS2".into(),
+                "(qemu/router-kernel/*.patch, see docs/flash.md) or use UBIFS".into(),
             ],
         ),
         Err(e) => log::warn!("could not check {spec} for RENAME_EXCHANGE: {e:#}"),

@@ -8,8 +8,9 @@
 //! squashfs as `/dev/vda`, mounted by the kernel itself (router mode).
 //!
 //! Each test: boot 1 prepares the flash and removes a lower file (whiteout), replaces a lower
-//! directory (rmdir + mkdir: opaque; on JFFS2, which cannot, empties it) and writes a file;
-//! boot 2 sees all three; a factory reset (`ovl.reset`) gives the lower's state back.
+//! directory (rmdir + mkdir: opaque) and writes a file (on JFFS2 it also renames a lower
+//! file: a whiteout made by the rename itself); boot 2 sees all of it; a factory reset
+//! (`ovl.reset`) gives the lower's state back.
 //!
 //! Run: `cargo test --test qemu flash::` (9 boots; builds the router kernel on first use).
 
@@ -107,16 +108,17 @@ fn deadc0de_partition(scratch: &Scratch) -> std::path::PathBuf {
 
 /// JFFS2 on `mtd:rootfs_data`: with `ovl.format=never` the partition that starts with
 /// `deadc0de` is left as it is (same bytes, tmpfs upper); boot 1 erases it (the old JFFS2
-/// behind the marker is gone), removes a lower file (whiteout), empties a lower
-/// directory and writes a file; boot 2 sees all three and erases nothing; `ovl.reset` gives
-/// the lower's state back.
+/// behind the marker is gone), removes a lower file (whiteout), replaces a lower directory
+/// (opaque), renames a lower file and writes a file; boot 2 sees all of it and erases
+/// nothing; `ovl.reset` gives the lower's state back.
 ///
-/// Mainline JFFS2 (the router kernel is Debian's 6.1) has no `RENAME_EXCHANGE`, which
-/// overlayfs needs to remove a copied-up directory of the lower (and to make a directory over
-/// a whiteout): that `rmdir` fails with EINVAL, and the boot says so up front. OpenWrt's
-/// kernels carry JFFS2 patches for it. The opaque directory is covered on UBIFS below.
+/// Mainline JFFS2 has neither `RENAME_EXCHANGE` (overlayfs needs it to make a directory
+/// opaque and to remove a copied-up directory) nor `RENAME_WHITEOUT` (to rename a lower
+/// file): the router kernel carries the project's patch for both
+/// (`qemu/router-kernel/jffs2-rename-exchange-whiteout.patch`). Without it `rm -r
+/// /etc/init.d` and `mv /etc/demo-release ...` fail with EINVAL and this test fails.
 #[test]
-fn jffs2_on_mtd_is_erased_once_and_keeps_whiteouts() {
+fn jffs2_on_mtd_is_erased_once_and_keeps_whiteouts_and_opaque_dirs() {
     let scratch = Scratch::new("flash-jffs2");
     let flash = deadc0de_partition(&scratch);
     let params = "ovl.upper=mtd:rootfs_data";
@@ -149,8 +151,7 @@ fn jffs2_on_mtd_is_erased_once_and_keeps_whiteouts() {
         params,
         &format!(
             "{SHOW_MOUNTS}; echo STALE=$(cat /stale 2>/dev/null || echo absent); \
-             rm /etc/motd && echo boot-one > /root/kept && sync && \
-             rm -r /etc/init.d; echo RMDIR=$?; sync"
+             {CHANGES} && mv /etc/demo-release /etc/demo-release.old && sync"
         ),
     );
     let mtd = format!("/dev/mtd{}", rootfs_data_mtd(&first));
@@ -169,31 +170,40 @@ fn jffs2_on_mtd_is_erased_once_and_keeps_whiteouts() {
     assert_output(&first, "MOUNT / overlay rw");
     assert_output_line(&first, "STALE=absent");
     print_timings("jffs2 boot 1", &first);
-    assert_marker(
-        &first,
-        "WARNING: this kernel's JFFS2 cannot exchange names (RENAME_EXCHANGE)",
-    );
-    // The files of /etc/init.d are whited out; the directory itself cannot be.
-    assert_output(&first, "can't remove '/etc/init.d': Invalid argument");
-    assert_output_line(&first, "RMDIR=1");
+    assert_no_marker(&first, "cannot exchange names");
     assert_test_passed(&first);
 
-    let second = flash_boot(&flash, params, &format!("{SHOW_MOUNTS}; {CHECK}"));
+    let second = flash_boot(
+        &flash,
+        params,
+        &format!("{SHOW_MOUNTS}; {CHECK}; {CHECK_RENAMED}"),
+    );
     assert_no_marker(&second, "erasing mtd:");
     print_timings("jffs2 boot 2", &second);
     assert_output(&second, "MOUNT /overlay jffs2 rw");
     assert_output_line(&second, "KEPT=boot-one");
     assert_output_line(&second, "MOTD=gone");
-    assert_output_line(&second, "INITD=");
+    assert_output_line(&second, "INITD=only");
+    assert_output_line(&second, "RELEASE=gone MOVED=overlay-init demo root");
     assert_test_passed(&second);
 
-    let reset = flash_boot(&flash, &format!("{params} ovl.reset"), CHECK);
+    let reset = flash_boot(
+        &flash,
+        &format!("{params} ovl.reset"),
+        &format!("{CHECK}; {CHECK_RENAMED}"),
+    );
     assert_no_marker(&reset, "erasing mtd:");
     assert_output_line(&reset, "KEPT=gone");
     assert_output_line(&reset, "MOTD=back");
     assert_output_line(&reset, "INITD=rcK rcS");
+    assert_output_line(&reset, "RELEASE=overlay-init demo root MOVED=gone");
     assert_test_passed(&reset);
 }
+
+/// What a rename of the lower's `/etc/demo-release` left: the old name (a whiteout after the
+/// rename) and the new one.
+const CHECK_RENAMED: &str = "echo RELEASE=$(cat /etc/demo-release 2>/dev/null || echo gone) \
+     MOVED=$(cat /etc/demo-release.old 2>/dev/null || echo gone)";
 
 /// UBIFS: an erased (0xFF) partition is attached to UBI by overlay-init (`ovl.ubiattach=`;
 /// the kernel formats it as it attaches), the volume `rootfs_data` is created with all the
