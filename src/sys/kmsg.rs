@@ -25,9 +25,15 @@ pub fn restore_ratelimit(old: Option<String>) {
 
 /// The time since boot: `CLOCK_BOOTTIME`, the clock `/proc/uptime` shows (there in 10 ms
 /// steps), read with one system call (a vDSO call where there is one) instead of opening,
-/// reading and parsing a file.
+/// reading and parsing a file. libc's `clock_gettime`, which std's `Instant` links already
+/// (rustix's would add its own vDSO parser, 4 KiB).
 pub fn uptime() -> Option<std::time::Duration> {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    // SAFETY: timespec is plain integers, for which all zeroes is a valid value.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `now` is a valid, writable timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) } != 0 {
+        return None;
+    }
     Some(std::time::Duration::new(
         u64::try_from(now.tv_sec).ok()?,
         u32::try_from(now.tv_nsec).ok()?,
