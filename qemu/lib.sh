@@ -181,6 +181,10 @@ ensure_rust_src() {
 #   --cfg ovl_no_unwinder       (musl) no C unwinder linked (~60 KiB; src/sys/nounwind.rs)
 #   --remap-path-prefix         std's and the crates' source paths in panic locations as
 #                               /rustc/VERSION/library/... and /cargo/..., not this machine's
+#   -Zfmt-debug=shallow         a derived Debug prints the type or variant name only (8 KiB):
+#                               messages print values with Display; `{:?}` in them is kept for
+#                               strings, paths and durations, whose Debug is written by hand
+#                               (docs/benchmarks.md, "Size")
 init_cargo() {
     local target="$1" subcommand="$2"
     shift 2
@@ -195,7 +199,7 @@ init_cargo() {
     else
         flags+=(--cfg ovl_no_unwinder)
     fi
-    flags+=(-C force-unwind-tables=no
+    flags+=(-C force-unwind-tables=no -Zfmt-debug=shallow
         "--remap-path-prefix=${src%/library}=/rustc/$version"
         "--remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}/registry/src=/cargo")
     for flag in "${flags[@]}"; do

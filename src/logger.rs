@@ -105,18 +105,15 @@ impl Log for KmsgLogger {
         let Ok(mut sinks) = self.sinks.lock() else {
             return;
         };
-        let mut echoed_by_kernel = false;
+        let mut in_kmsg = false;
         if !self.to_stderr_only {
             if let Some(kmsg) = sinks.kmsg.as_mut() {
-                if kmsg
+                in_kmsg = kmsg
                     .write_all(kmsg_line(level, &message).as_bytes())
-                    .is_ok()
-                {
-                    echoed_by_kernel = syslog_priority(level) < sinks.console_loglevel;
-                }
+                    .is_ok();
             }
         }
-        if !echoed_by_kernel {
+        if write_to_console(level, in_kmsg, sinks.console_loglevel) {
             let tag = match level {
                 Level::Error => "error: ",
                 Level::Warn => "warning: ",
@@ -129,15 +126,21 @@ impl Log for KmsgLogger {
     fn flush(&self) {}
 }
 
+/// The console loglevel `quiet` sets (the kernel's `CONSOLE_LOGLEVEL_QUIET`).
+pub const QUIET_LOGLEVEL: u8 = 4;
+
 /// Whether a record must be written to the console by us: when it is not in
-/// the kernel log at all, or when it is a warning or an error that the kernel's
-/// console loglevel hides.
+/// the kernel log at all; else when the kernel's console loglevel hides it and
+/// it is a warning or an error, or the loglevel is above `quiet`'s (debug lines
+/// of `ovl.debug` without `quiet`). With `quiet`, informational and debug lines
+/// stay in the kernel log: no slow serial-console output on every boot. A
+/// loglevel of 0 is unknown (`/proc/sys/kernel/printk` unreadable): written.
 pub fn write_to_console(level: Level, in_kmsg: bool, console_loglevel: u8) -> bool {
-    if !in_kmsg {
+    if !in_kmsg || console_loglevel == 0 {
         return true;
     }
     let shown_by_kernel = syslog_priority(level) < console_loglevel;
-    !shown_by_kernel && level <= Level::Warn
+    !shown_by_kernel && (level <= Level::Warn || console_loglevel > QUIET_LOGLEVEL)
 }
 
 #[cfg(test)]
@@ -169,5 +172,12 @@ mod tests {
         assert!(write_to_console(Level::Error, true, 3));
         assert!(!write_to_console(Level::Info, true, 4));
         assert!(!write_to_console(Level::Debug, true, 4));
+        // No `quiet` (loglevel 7): `ovl.debug`'s lines, which the kernel does not
+        // show at that level, are written by us.
+        assert!(write_to_console(Level::Debug, true, 7));
+        // `loglevel=5`: info hidden by the kernel, not by `quiet`: written.
+        assert!(write_to_console(Level::Info, true, 5));
+        // Unknown loglevel: everything.
+        assert!(write_to_console(Level::Info, true, 0));
     }
 }

@@ -102,10 +102,11 @@ def parse_overlay(path):
                 name, _, value = item.partition("=")
                 steps.append((name, float(value.rstrip("ms"))))
             rec = {"handover_at": t, "elapsed_ms": float(m.group(2)), "steps": steps}
-    # Debug lines are read from the console copy: /dev/kmsg may drop some of a burst.
+    # With `quiet` overlay-init's informational and debug lines are only in the kernel log
+    # (the real init's dmesg); logs from before that also had them on the console.
     with open(path, encoding="utf-8", errors="replace") as f:
         console = [line.rstrip("\r\n") for line in f if not PRINTK.match(line)]
-    for msg in console:
+    for msg in [msg for _, msg in printk_lines(path)] + console:
         m = PEAK.search(msg)
         if m:
             peak_kb = int(m.group(1))

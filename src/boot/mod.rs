@@ -68,7 +68,7 @@ pub fn run_pid1(mode: RootMode) -> ! {
 
     // In the new root: hand over to the real init.
     steps::reopen_console();
-    crate::logger::attach_kmsg();
+    // The logger's /dev/kmsg stays open and valid across the switch (devtmpfs moved with it).
     log_handover(&booted.init, started, &t, &booted.notes);
     upper::start_trash_cleanup(&booted.upper);
     sys::kmsg::restore_ratelimit(kmsg_ratelimit);

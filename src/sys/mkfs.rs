@@ -203,11 +203,12 @@ pub fn format_if_blank(device: &Path, request: &FormatRequest<'_>) -> Result<For
             if info.fstype() == Some(plan.fstype)
                 && info.label.as_deref() == Some(plan.label.as_str()) => {}
         other => bail!(
-            "mkfs of {} exited 0 but the device does not read as {} labelled {} ({other:?}); \
+            "mkfs of {} exited 0 but the device does not read as {} labelled {} ({}); \
              it stays marked and is formatted again on the next boot",
             device.display(),
             plan.fstype,
-            plan.label
+            plan.label,
+            found(&other)
         ),
     }
     write_marker_sector(device, view.size, &[0u8; MARKER_BYTES])
@@ -342,5 +343,42 @@ fn run_mkfs(plan: &FormatPlan, timeout: Duration) -> Result<()> {
             output.trim()
         ),
         other => bail!("{shown} failed ({other}): {}", output.trim()),
+    }
+}
+
+/// What a probe after mkfs found, for the error: `ext4 labelled "x"`, `no filesystem`, or
+/// the probe's error. Display, not `Debug`: the init is built with `-Zfmt-debug=shallow`.
+fn found(
+    probe: &Result<Option<crate::probe::superblock::FsInfo>, crate::probe::ProbeError>,
+) -> String {
+    match probe {
+        Ok(Some(info)) => match &info.label {
+            Some(label) => format!("found {} labelled {label:?}", info.kind),
+            None => format!("found {} without a label", info.kind),
+        },
+        Ok(None) => "found no filesystem".to_string(),
+        Err(e) => format!("the probe failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::superblock::{FsInfo, FsKind};
+
+    #[test]
+    fn what_the_probe_found_is_said_in_words() {
+        let ext4 = |label: Option<&str>| {
+            Ok(Some(FsInfo {
+                kind: FsKind::Supported(FsType::Ext4),
+                label: label.map(str::to_string),
+                uuid: None,
+            }))
+        };
+        assert_eq!(found(&ext4(Some("old"))), "found ext4 labelled \"old\"");
+        assert_eq!(found(&ext4(None)), "found ext4 without a label");
+        assert_eq!(found(&Ok(None)), "found no filesystem");
+        let err = Err(crate::probe::ProbeError::new("short read"));
+        assert_eq!(found(&err), "the probe failed: short read");
     }
 }

@@ -23,6 +23,8 @@ pub mod power;
 pub mod process;
 pub mod statfs;
 pub mod switch;
+#[cfg(all(ovl_no_unwinder, target_env = "musl"))]
+pub mod threadname;
 pub mod ubi;
 pub mod uevent;
 pub mod upgrade_scan;

@@ -20,6 +20,7 @@ mod flash;
 mod image;
 mod live;
 mod package;
+mod quiet;
 mod reset;
 mod reset_powercut;
 mod router;
