@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::cmdline::Config;
+use crate::fstype::FsType;
 use crate::mkfs::{decide, FormatDecision};
 use crate::overlay::Staging;
 use crate::probe::blank::Classification;
@@ -20,21 +21,27 @@ use crate::upperparams::format_fstype;
 pub const FORMAT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Format `dev` when it is blank and `ovl.format=blank`. `Ok` when the device
-/// is now ready for the upper step's probe (formatted, or not blank: the probe
-/// judges it); `Err` (the tmpfs fallback's reason) when a blank device is not
+/// is now ready for the upper step's mount: `Ok(Some(fstype))` when the check
+/// found a filesystem that can hold an upper (its superblock is not read
+/// again), `Ok(None)` when the mount's own probe judges it (formatted just now,
+/// or foreign); `Err` (the tmpfs fallback's reason) when a blank device is not
 /// formatted (`ovl.format=never`, no mkfs, mkfs failed). A failed format leaves
 /// the device blank or marked, so the next boot formats it again.
-pub fn format_blank_upper(config: &Config, staging: &Staging, dev: &Path) -> Result<()> {
+pub fn format_blank_upper(
+    config: &Config,
+    staging: &Staging,
+    dev: &Path,
+) -> Result<Option<FsType>> {
     let classification = sys::mkfs::classify_device(dev)
         .with_context(|| format!("check whether {} is blank", dev.display()))?;
-    if matches!(
-        classification,
-        Classification::Usable(_) | Classification::Foreign(_)
-    ) {
-        return Ok(());
+    match &classification {
+        // The probe already read its superblock: the mount need not read it again.
+        Classification::Usable(info) => return Ok(info.fstype()),
+        Classification::Foreign(_) => return Ok(None),
+        _ => {}
     }
     match decide(&classification, config.format) {
-        FormatDecision::Use => Ok(()),
+        FormatDecision::Use => Ok(None),
         FormatDecision::Refuse(reason) => {
             bail!("{} was not formatted: {reason}", dev.display())
         }
@@ -52,7 +59,8 @@ pub fn format_blank_upper(config: &Config, staging: &Staging, dev: &Path) -> Res
             let report = sys::mkfs::format_if_blank(dev, &request)
                 .with_context(|| format!("first-boot format of {}", dev.display()))?;
             log::info!("{report}");
-            Ok(())
+            // What was written is probed again by the mount, not assumed.
+            Ok(None)
         }
     }
 }

@@ -10,6 +10,7 @@ use rustix::mount::MountFlags;
 use crate::boot::failure::warn_box;
 use crate::cmdline::{Config, UpperSpec};
 use crate::failsafe;
+use crate::fstype::FsType;
 use crate::lower::detect_fstype;
 use crate::overlay::{self, Staging};
 use crate::sys;
@@ -55,13 +56,15 @@ pub fn mount_upper(
     let Some(dev) = device else {
         return tmpfs_upper(config, staging, early_failsafe);
     };
+    let mut probed = None;
     if early_failsafe.is_none() {
         // First boot: a blank device is formatted (failsafe writes nothing).
-        if let Err(why) = crate::boot::firstboot::format_blank_upper(config, staging, dev) {
-            return degrade_to_tmpfs(config, staging, dev, &why, false);
+        match crate::boot::firstboot::format_blank_upper(config, staging, dev) {
+            Ok(fstype) => probed = fstype,
+            Err(why) => return degrade_to_tmpfs(config, staging, dev, &why, false),
         }
     }
-    let mounted = mount_persistent_upper(dev, config, &upper_fs, early_failsafe);
+    let mounted = mount_persistent_upper(dev, probed, config, &upper_fs, early_failsafe);
     settle_persistent_upper(config, staging, dev, mounted, early_failsafe)
 }
 
@@ -340,15 +343,20 @@ fn degrade_to_tmpfs(
 /// Mount the persistent upper read-only, look at it, and make it writable only
 /// when it will be used: `Ok(Some(reason))` is a failsafe boot (the device stays
 /// read-only at `target`), `Ok(None)` a normal one (read-write at `target`).
-/// On `Err` nothing is mounted and nothing was written.
+/// On `Err` nothing is mounted and nothing was written. `probed` is the
+/// filesystem the first-boot check already read from the superblock, if any.
 fn mount_persistent_upper(
     dev: &Path,
+    probed: Option<FsType>,
     config: &Config,
     target: &Path,
     early_failsafe: Option<failsafe::Reason>,
 ) -> Result<Option<failsafe::Reason>> {
     let fstype = config.upperfstype;
-    let detected = detect_fstype(dev).with_context(|| format!("probe upper {}", dev.display()))?;
+    let detected = match probed {
+        Some(detected) => detected,
+        None => detect_fstype(dev).with_context(|| format!("probe upper {}", dev.display()))?,
+    };
     if let Some(want) = fstype {
         if want != detected {
             bail!(
