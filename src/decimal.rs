@@ -70,6 +70,9 @@ pub fn in_unit(bytes: u64, scale: u64) -> Fixed {
 
 /// A non-negative decimal number of seconds as the kernel prints them
 /// (`/proc/uptime`: `1234.56`), as a duration; `None` for anything else.
+/// Tests only: the init reads the uptime with `clock_gettime` (`sys::kmsg`),
+/// and its tests compare that with `/proc/uptime`.
+#[cfg(test)]
 pub fn parse_secs(text: &str) -> Option<Duration> {
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
     if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {

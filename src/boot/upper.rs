@@ -56,14 +56,14 @@ pub fn mount_upper(
     let Some(dev) = device else {
         return tmpfs_upper(config, staging, early_failsafe);
     };
-    let mut probed = None;
-    if early_failsafe.is_none() {
-        // First boot: a blank device is formatted (failsafe writes nothing).
-        match crate::boot::firstboot::format_blank_upper(config, staging, dev) {
-            Ok(fstype) => probed = fstype,
+    // First boot: a blank device is formatted (failsafe writes nothing).
+    let probed = match early_failsafe {
+        Some(_) => None,
+        None => match crate::boot::firstboot::format_blank_upper(config, staging, dev) {
+            Ok(fstype) => fstype,
             Err(why) => return degrade_to_tmpfs(config, staging, dev, &why, false),
-        }
-    }
+        },
+    };
     let mounted = mount_persistent_upper(dev, probed, config, &upper_fs, early_failsafe);
     settle_persistent_upper(config, staging, dev, mounted, early_failsafe)
 }

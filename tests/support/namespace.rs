@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use overlay_init::sys::loopdev;
+use overlay_init::sys::uevent::{Received, UeventSocket};
 
 use super::base::{run, Scratch};
 use rustix::mount::{MountFlags, UnmountFlags};
@@ -280,34 +281,23 @@ impl Loop {
     /// uevent listener opened before this call would otherwise judge too
     /// early. Bounded: fails after 10 s.
     pub fn detach_and_wait(self) {
-        use overlay_init::sys::uevent::{Received, UeventSocket};
         use overlay_init::uevent::Action;
         let mut socket = UeventSocket::open().expect("uevent socket");
         let name = self.name().to_string();
         let backing_file = format!("/sys/block/{name}/loop/backing_file");
         let suffix = format!("/{name}");
         drop(self);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let now = Instant::now();
-            assert!(now < deadline, "no detach uevent for {name} within 10 s");
-            let detached = match socket
-                .receive(Some(deadline - now))
-                .expect("receive uevent")
-            {
-                Received::Event(event) => {
-                    event.action == Some(Action::Change)
-                        && event.devpath.ends_with(&suffix)
-                        && !Path::new(&backing_file).exists()
-                }
-                // Events were lost: the device's state in sysfs decides.
-                Received::Overflow => !Path::new(&backing_file).exists(),
-                Received::Timeout => false,
-            };
-            if detached {
-                return;
+        let detached = receive_uevents_until(&mut socket, |received| match received {
+            Received::Event(event) => {
+                event.action == Some(Action::Change)
+                    && event.devpath.ends_with(&suffix)
+                    && !Path::new(&backing_file).exists()
             }
-        }
+            // Events were lost: the device's state in sysfs decides.
+            Received::Overflow => !Path::new(&backing_file).exists(),
+            Received::Timeout => false,
+        });
+        assert!(detached, "no detach uevent for {name} within 10 s");
     }
 }
 
@@ -344,19 +334,37 @@ pub fn loop_devices_under(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
 /// (an overlay's private mount clones are released from a work queue), so this
 /// waits for the kernel's uevents about those devices, up to a bound.
 pub fn assert_no_loop_device_under(dir: &Path) {
-    use overlay_init::sys::uevent::UeventSocket;
     let mut socket = UeventSocket::open().expect("uevent socket");
+    let mut left = loop_devices_under(dir);
+    if left.is_empty() {
+        return;
+    }
+    // Any event, an overflow or the bound triggers a re-check.
+    receive_uevents_until(&mut socket, |_| {
+        left = loop_devices_under(dir);
+        left.is_empty()
+    });
+    assert!(left.is_empty(), "loop devices left behind: {left:?}");
+}
+
+/// Receive the kernel's uevents on `socket`, each (or an overflow, or the
+/// bound's timeout) shown to `done`, until it says so: `true`; `false` once
+/// 10 s have passed without.
+fn receive_uevents_until(
+    socket: &mut UeventSocket,
+    mut done: impl FnMut(&Received) -> bool,
+) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let left = loop_devices_under(dir);
-        if left.is_empty() {
-            return;
-        }
         let now = Instant::now();
-        assert!(now < deadline, "loop devices left behind: {left:?}");
-        // Any event, an overflow or the bound triggers a re-check.
-        socket
+        if now >= deadline {
+            return false;
+        }
+        let received = socket
             .receive(Some(deadline - now))
             .expect("receive uevent");
+        if done(&received) {
+            return true;
+        }
     }
 }
